@@ -1,0 +1,1 @@
+"""heurbench training side: config, data, models, optimisation, training loop, sweeps."""

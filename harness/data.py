@@ -1,0 +1,232 @@
+"""Image data sets as uint8 tensors: CIFAR folders, Parquet image tables, the embedded default.
+
+Images are decoded once and cached as .npz (keyed by the source files' path, size and
+mtime), then held as uint8 [N, C, 32, 32] tensors that can live on the GPU. Batches are
+a pure function of (seed, epoch, step), so resuming mid-run and sharding across DDP
+ranks both reproduce the single-process order exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from harness.config import DataCfg
+from harness.storage import atomic_write
+
+
+class DataError(ValueError):
+    """A data set that is missing or unreadable, described in one line."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def head(self, n: Optional[int]) -> "Split":
+        return self if n is None else Split(self.images[:n], self.labels[:n])
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Optional[Split]
+    test: Split
+    num_classes: int
+    mean: torch.Tensor  # float32 [C], in uint8 units
+    std: torch.Tensor
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> float32, per-channel standardised with the train statistics."""
+        mean = self.mean.to(x.device).view(1, -1, 1, 1)
+        std = self.std.to(x.device).view(1, -1, 1, 1)
+        return (x.float() - mean) / std
+
+    def to(self, device) -> "Dataset":
+        return Dataset(self.name, self.train.to(device), self.val.to(device) if self.val else None,
+                       self.test.to(device), self.num_classes, self.mean, self.std)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HEURBENCH_CACHE", Path.home() / ".cache" / "heurbench"))
+
+
+def cached(key_files: list[Path], tag: str, decode) -> tuple[np.ndarray, np.ndarray]:
+    """Decode with `decode()` once; later calls load the cached uint8 arrays."""
+    h = hashlib.sha1(tag.encode())
+    for f in key_files:
+        st = f.stat()
+        h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    path = cache_dir() / f"{tag}-{h.hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return z["images"], z["labels"]
+    images, labels = decode()
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, images=images, labels=labels)
+
+    atomic_write(path, write)
+    return images, labels
+
+
+def decode_image_column(col, source: Path) -> np.ndarray:
+    """JPEG/PNG bytes (or HF {bytes, path} structs) -> uint8 [N, 3, H, W]."""
+    from PIL import Image
+
+    out = []
+    for i, v in enumerate(col):
+        b = v["bytes"] if isinstance(v, dict) else v
+        try:
+            img = Image.open(io.BytesIO(b)).convert("RGB")
+        except Exception as err:  # PIL raises several types for bad bytes
+            raise DataError(f"{source}: row {i}: image bytes could not be decoded ({err})") from None
+        out.append(np.asarray(img))
+    return np.stack(out).transpose(0, 3, 1, 2).copy()
+
+
+def read_parquet_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected a Parquet table with 'image' and 'label' columns)")
+
+    def decode():
+        try:
+            table = pq.read_table(path)
+        except Exception as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        cols = set(table.column_names)
+        img_col = next((c for c in ("image", "img") if c in cols), None)
+        lab_col = next((c for c in ("label", "labels", "fine_label") if c in cols), None)
+        if img_col is None or lab_col is None:
+            raise DataError(f"{path}: expected columns 'image' and 'label', found {sorted(cols)}")
+        images = decode_image_column(table.column(img_col).to_pylist(), path)
+        return images, np.asarray(table.column(lab_col).to_pylist(), dtype=np.int64)
+
+    return cached([path], "parquet", decode)
+
+
+def read_cifar_folder(root: Path, name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """torchvision's cifar-10-batches-py / cifar-100-python pickles (root or its parent)."""
+    sub, train_files, test_files, key = {
+        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+        "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+    }[name]
+    folder = root if root.name == sub else root / sub
+
+    def load(files):
+        xs, ys = [], []
+        for f in files:
+            p = folder / f
+            if not p.is_file():
+                raise DataError(f"{p}: no such file (expected torchvision's {sub} folder under data.root)")
+            try:
+                with open(p, "rb") as fh:
+                    d = pickle.load(fh, encoding="latin1")
+                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(d[key], dtype=np.int64))
+            except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+                raise DataError(f"{p}: not a CIFAR pickle batch ({err})") from None
+        return np.concatenate(xs), np.concatenate(ys)
+
+    return load(train_files), load(test_files)
+
+
+def read_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans), as 32x32 RGB."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().unsqueeze(1) * (255.0 / 16.0)
+    x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).clamp(0, 255).round().to(torch.uint8)
+    x = x.expand(-1, 3, -1, -1).numpy().copy()
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))
+    x, y = x[perm], y[perm]
+    n_test = 360
+    return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
+
+
+def load(spec: DataCfg | dict) -> Dataset:
+    """The public entry point (analysis uses it too): a Dataset from a data spec."""
+    cfg = spec if isinstance(spec, DataCfg) else DataCfg.model_validate(spec)
+    root = Path(cfg.root) if cfg.root else None
+    if cfg.name == "digits":
+        (xtr, ytr), (xte, yte) = read_digits()
+    elif cfg.name == "parquet":
+        (xtr, ytr), (xte, yte) = read_parquet_split(root / "train.parquet"), read_parquet_split(root / "test.parquet")
+    else:
+        (xtr, ytr), (xte, yte) = read_cifar_folder(root, cfg.name)
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    train = Split(torch.from_numpy(xtr), torch.from_numpy(ytr))
+    test = Split(torch.from_numpy(xte), torch.from_numpy(yte)).head(cfg.test_subset)
+    val = None
+    if cfg.val_size:
+        if cfg.val_size >= len(train):
+            raise DataError(f"data.val_size = {cfg.val_size}: must be smaller than the {len(train)} train images")
+        val = Split(train.images[-cfg.val_size:], train.labels[-cfg.val_size:])
+        train = Split(train.images[:-cfg.val_size], train.labels[:-cfg.val_size])
+    train = train.head(cfg.train_subset)
+    xf = train.images.double()
+    mean = xf.mean(dim=(0, 2, 3)).float()
+    std = xf.std(dim=(0, 2, 3)).float().clamp_min(1.0)
+    return Dataset(cfg.name, train, val, test, num_classes, mean, std)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of train indices for one epoch: a pure function of (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def augment_params(batch: int, seed: int, iteration: int, pad: int = 4):
+    """Crop offsets and flip flags for a whole global batch, seeded by (seed, iteration)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * iteration + 1)
+    offsets = torch.randint(0, 2 * pad + 1, (2, batch), generator=g)
+    flips = torch.rand(batch, generator=g) < 0.5
+    return offsets[0], offsets[1], flips
+
+
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Pad-`pad` random crop + horizontal flip of a uint8 batch, on whatever device it lives."""
+    b, c, h, w = x.shape
+    dev = x.device
+    dy, dx, flip = dy.to(dev), dx.to(dev), flip.to(dev)
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = dy[:, None] + torch.arange(h, device=dev)
+    cols = dx[:, None] + torch.arange(w, device=dev)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    return xp[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+              rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def train_batch(data: Dataset, order: torch.Tensor, step: int, iteration: int, batch_size: int, seed: int,
+                augment: bool, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's contiguous shard of global batch `step` of the epoch, augmented, normalised."""
+    idx = order[step * batch_size:(step + 1) * batch_size]
+    per = batch_size // world
+    lo, hi = rank * per, (rank + 1) * per
+    idx = idx[lo:hi].to(data.train.images.device)
+    x = data.train.images[idx]
+    if augment:
+        dy, dx, flip = augment_params(batch_size, seed, iteration)
+        x = crop_flip(x, dy[lo:hi], dx[lo:hi], flip[lo:hi])
+    return data.normalize(x), data.train.labels[idx]

@@ -1,0 +1,175 @@
+"""The studies' models behind one registry: `build(spec)` is the only way to make one.
+
+Every model exposes `layer_groups` (name -> module-path prefixes; freezing refers to
+them) and `probe_layers` (ordered module paths whose outputs are the "layers" of CCA
+heatmaps). Analysis rebuilds models from a checkpoint's `model_spec` through `build`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.config import ConfigError
+
+VGG_CFGS = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """CIFAR VGG as in the mode-connectivity code (Garipov et al. 2018): 3-layer FC stack."""
+
+    def __init__(self, depth: int, num_classes: int, bn: bool = False, dropout: float = 0.0, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        probes = []
+        c = in_channels
+        for v in VGG_CFGS[depth]:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            layers.append(nn.Conv2d(c, v, 3, padding=1))
+            if bn:
+                layers.append(nn.BatchNorm2d(v))
+            layers.append(nn.ReLU())
+            probes.append(f"features.{len(layers) - 1}")
+            c = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(512, 512), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(512, 512), nn.ReLU(),
+            nn.Linear(512, num_classes),
+        )
+        self.layer_groups = {"features": ["features"], "fc_stack": ["classifier"]}
+        self.probe_layers = probes + ["classifier.2", "classifier.5", "classifier.6"]
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, affine: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout, affine=affine)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, affine=affine)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout, affine=affine))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet (He et al. 2016): 3x3 stem, stages of BasicBlocks, global pool, linear.
+
+    `scale_invariant=True` gives the SI ResNet of Kodryan et al. 2022 / Sadrtdinov et al.:
+    every conv precedes a BN without affine parameters and the last layer is fixed, so the
+    output is unchanged when any trainable weight tensor is rescaled.
+    """
+
+    def __init__(self, widths: list[int], blocks: list[int], num_classes: int, in_channels: int = 3,
+                 scale_invariant: bool = False):
+        super().__init__()
+        affine = not scale_invariant
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0], affine=affine), nn.ReLU())
+        probes = ["stem"]
+        cin = widths[0]
+        stages = []
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            stage = []
+            for j in range(n):
+                stage.append(BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1, affine))
+                probes.append(f"layer{i + 1}.{j}")
+                cin = w
+            stages.append(nn.Sequential(*stage))
+        self.stages = len(stages)
+        for i, s in enumerate(stages):
+            self.add_module(f"layer{i + 1}", s)
+        self.fc = nn.Linear(cin, num_classes)
+        if scale_invariant:
+            self.fc.requires_grad_(False)
+        self.layer_groups = {"stem": ["stem"], **{f"layer{i + 1}": [f"layer{i + 1}"] for i in range(self.stages)},
+                             "fc": ["fc"]}
+        self.probe_layers = probes + ["fc"]
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class StudentCNN(nn.Module):
+    """Shallow student of the distillation study: [conv, maxpool, relu] x2, fc, relu, fc, fc."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(64, 128, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+        )
+        self.classifier = nn.Sequential(nn.Linear(128 * 8 * 8, 512), nn.ReLU(), nn.Linear(512, 256),
+                                        nn.Linear(256, num_classes))
+        self.layer_groups = {"features": ["features"], "fc_stack": ["classifier"]}
+        self.probe_layers = ["features.2", "features.5", "classifier.1", "classifier.2", "classifier.3"]
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "vgg11": lambda s: VGG(11, s["num_classes"], s.get("bn", False), s.get("dropout", 0.0), s.get("in_channels", 3)),
+    "vgg16": lambda s: VGG(16, s["num_classes"], s.get("bn", False), s.get("dropout", 0.0), s.get("in_channels", 3)),
+    "resnet18": lambda s: ResNet([64, 128, 256, 512], [2, 2, 2, 2], s["num_classes"], s.get("in_channels", 3)),
+    "resnet32": lambda s: ResNet([16, 32, 64], [5, 5, 5], s["num_classes"], s.get("in_channels", 3)),
+    "si_resnet18": lambda s: ResNet([64, 128, 256, 512], [2, 2, 2, 2], s["num_classes"], s.get("in_channels", 3),
+                                    scale_invariant=True),
+    "student_cnn": lambda s: StudentCNN(s["num_classes"], s.get("in_channels", 3)),
+}
+
+
+def he_normal_(model: nn.Module, scale: float = 1.0) -> None:
+    """Weights ~ N(0, scale * 2 / fan_in) per neuron, biases 0 (closer look, appendix 7)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fan_in = m.weight[0].numel()
+            with torch.no_grad():
+                m.weight.normal_(0.0, math.sqrt(scale * 2.0 / fan_in))
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
+def build(spec: dict) -> nn.Module:
+    """Model from a spec: {"name", "num_classes", "bn", "init", "init_scale", "dropout", "in_channels"}."""
+    name = spec["name"]
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(REGISTRY)}")
+    model = REGISTRY[name](spec)
+    if spec.get("init", "he_normal") == "he_normal":
+        he_normal_(model, spec.get("init_scale", 1.0))
+    elif spec.get("init_scale", 1.0) != 1.0:
+        raise ValueError("model.init_scale needs model.init: he_normal")
+    return model
+
+
+def group_params(model: nn.Module, groups: list[str]) -> list[tuple[str, nn.Parameter]]:
+    """Named parameters under the given layer groups (or raw module-path prefixes)."""
+    prefixes = []
+    for g in groups:
+        if g in model.layer_groups:
+            prefixes += model.layer_groups[g]
+        elif any(n == g or n.startswith(g + ".") for n, _ in model.named_modules()):
+            prefixes.append(g)
+        else:
+            raise ConfigError(f"unknown layer group {g!r}; expected one of {sorted(model.layer_groups)} or a module path")
+    return [(n, p) for n, p in model.named_parameters() if any(n == q or n.startswith(q + ".") for q in prefixes)]

@@ -1,0 +1,95 @@
+"""Optimizers by YAML name: SGD, Adam, GI-Adam and projected SGD on the unit sphere."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.config import OptimCfg
+
+
+class GIAdam(torch.optim.Optimizer):
+    """Adam whose second moment starts at the first gradient squared (Kalra & Barkeshli 2024).
+
+    With v_0 = g_0^2 the early steps are already normalised by a gradient-scale
+    denominator, which is what warmup otherwise provides; v needs no bias correction
+    (it is never biased toward 0), m keeps Adam's.
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["m"] = torch.zeros_like(p)
+                    st["v"] = g * g
+                st["step"] += 1
+                st["m"].mul_(b1).add_(g, alpha=1 - b1)
+                st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                m_hat = st["m"] / (1 - b1 ** st["step"])
+                p.addcdiv_(m_hat, st["v"].sqrt().add_(group["eps"]), value=-group["lr"])
+
+
+class SphereSGD(torch.optim.Optimizer):
+    """Projected SGD on the unit sphere of all trainable weights jointly (Kodryan et al. 2022).
+
+    The weights are scaled to unit total norm at construction; each step moves along the
+    gradient projected onto the tangent space, then retracts onto the sphere. For a
+    scale-invariant net the LR is then the effective LR (ELR) and stays fixed.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+        self._renormalize()
+
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def _renormalize(self):
+        ps = self._params()
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p, dtype=torch.float64) for p in ps]))
+        for p in ps:
+            p.div_(norm.to(p.dtype))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        ps = [p for p in self._params() if p.grad is not None]
+        inner = sum((p * p.grad).sum() for p in ps)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad - inner * p  # tangent component (w has unit norm)
+                if group["momentum"]:
+                    buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                    d = buf.mul_(group["momentum"]).add_(d)
+                p.sub_(d, alpha=group["lr"])
+        self._renormalize()
+
+
+def build(cfg: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "gi_adam":
+        return GIAdam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return SphereSGD(params, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr

@@ -1,0 +1,67 @@
+"""Learning-rate schedules as pure functions of the iteration: `lr_at(it) -> float`.
+
+Lengths given in epochs are converted to iterations once, so every schedule is stepped
+per iteration. Warmup wraps any schedule: linear from eta_init to the schedule's value.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from harness.config import ScheduleCfg, WarmupCfg
+
+LrFn = Callable[[int], float]
+
+
+def constant(cfg: ScheduleCfg, lr: float, spe: int, total: int) -> LrFn:
+    return lambda it: lr
+
+
+def step(cfg: ScheduleCfg, lr: float, spe: int, total: int) -> LrFn:
+    """Multiply by `factor` at each milestone (closer look: /5 at 60, 120, 160 epochs)."""
+    ms = [to_iters(m, cfg.unit, spe) for m in cfg.milestones]
+    return lambda it: lr * cfg.factor ** sum(it >= m for m in ms)
+
+
+def linear(cfg: ScheduleCfg, lr: float, spe: int, total: int) -> LrFn:
+    """Linear decay from lr to eta_min over the whole budget (S1 mode C)."""
+    return lambda it: cfg.eta_min + (lr - cfg.eta_min) * max(0.0, 1.0 - it / total)
+
+
+def cosine(cfg: ScheduleCfg, lr: float, spe: int, total: int) -> LrFn:
+    """A single cosine from lr to eta_min over the whole budget (S7)."""
+    return lambda it: cfg.eta_min + 0.5 * (lr - cfg.eta_min) * (1 + math.cos(math.pi * min(it, total) / total))
+
+
+def sgdr(cfg: ScheduleCfg, lr: float, spe: int, total: int) -> LrFn:
+    """Cosine annealing with warm restarts (Loshchilov & Hutter 2016, eq. 5)."""
+    t0 = to_iters(cfg.t0, cfg.unit, spe)
+    eta_max = cfg.eta_max or lr
+
+    def lr_at(it: int) -> float:
+        t_i, t_cur = t0, it
+        while t_cur >= t_i:
+            t_cur -= t_i
+            t_i *= cfg.t_mult
+        return cfg.eta_min + 0.5 * (eta_max - cfg.eta_min) * (1 + math.cos(math.pi * t_cur / t_i))
+
+    return lr_at
+
+
+REGISTRY = {"constant": constant, "step": step, "linear": linear, "cosine": cosine, "sgdr": sgdr}
+
+
+def to_iters(n: int, unit: str, spe: int) -> int:
+    return n * spe if unit == "epoch" else n
+
+
+def with_warmup(base: LrFn, warmup: WarmupCfg, spe: int) -> LrFn:
+    """Linear warmup from eta_init at iteration 0 to base(n) at iteration n = warmup length."""
+    n = to_iters(warmup.length, warmup.unit, spe)
+    if n == 0:
+        return base
+    return lambda it: warmup.eta_init + (base(it) - warmup.eta_init) * it / n if it < n else base(it)
+
+
+def build(cfg: ScheduleCfg, warmup: WarmupCfg, lr: float, spe: int, total: int) -> LrFn:
+    return with_warmup(REGISTRY[cfg.name](cfg, lr, spe, total), warmup, spe)

@@ -1,0 +1,239 @@
+"""One trial, top to bottom: data, model, optimizer, schedule; then per iteration
+lr = lr_at(it), forward, backward, freeze, step, log, maybe evaluate and checkpoint.
+
+The same function runs alone (`heurbench train`), as a DDP rank (torchrun, srun, Ray
+Train) and inside a Ray Tune trial. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import checkpoints, data as data_mod, distributed, optim, schedules
+from harness.config import ConfigError, TrialConfig, dump
+from harness.distill import kd_loss, load_teacher
+from harness.freeze import Freezer
+from harness.metrics import MetricsWriter
+from harness.models import build
+from harness.storage import write_json, write_text
+
+log = logging.getLogger("heurbench.train")
+NAN = float("nan")
+
+
+def trial_dir(out: Path, cfg: TrialConfig) -> Path:
+    return Path(out) / "trials" / cfg.trial_id()
+
+
+def read_status(tdir: Path) -> dict:
+    import json
+
+    p = tdir / "status.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def tag_value(v):
+    """Numeric tags as float so every trial's Parquet part shares one schema."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+def model_spec(cfg: TrialConfig, ds: data_mod.Dataset) -> dict:
+    return {**cfg.model.model_dump(mode="json"), "num_classes": ds.num_classes,
+            "in_channels": int(ds.train.images.shape[1])}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: data_mod.Dataset, split: data_mod.Split, batch: int, d: distributed.Dist,
+             amp) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, sharded over ranks and summed."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=split.images.device)
+    idx = torch.arange(d.rank, len(split), d.world, device=split.images.device)
+    for lo in range(0, len(idx), batch):
+        i = idx[lo:lo + batch]
+        with amp():
+            out = model(ds.normalize(split.images[i])).float()
+        y = split.labels[i]
+        sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(),
+                             (out.argmax(1) == y).sum().double(), torch.tensor(len(i), device=sums.device).double()])
+    distributed.all_reduce_sum(sums, d)
+    model.train()
+    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+
+
+def global_norm(tensors) -> float:
+    ts = [t for t in tensors if t is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in ts])).item() if ts else NAN
+
+
+def fmt_eta(seconds: float) -> str:
+    s = int(max(0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def run_trial(cfg: TrialConfig, out: str | Path, resume: bool = False, sweep: str = "") -> str:
+    """Train one trial into `out` (runs/<sweep>/ layout); returns the final status."""
+    out = Path(out)
+    d, device = distributed.setup(cfg.perf.device)
+    try:
+        return _run(cfg, out, resume, sweep or out.name, d, device)
+    finally:
+        distributed.teardown(d)
+
+
+def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.Dist, device: torch.device) -> str:
+    tid = cfg.trial_id()
+    tdir = out / "trials" / tid
+    ckpt_dir = tdir / "ckpt"
+    status = read_status(tdir)
+    if resume and status.get("state") in ("done", "diverged"):
+        log.info("trial %s already %s; skipping", tid, status["state"])
+        return status["state"]
+
+    torch.manual_seed(cfg.seed)
+    ds = data_mod.load(cfg.data).to(device)
+    B = cfg.data.batch_size
+    if B % d.world:
+        raise ConfigError(f"data.batch_size = {B}: must be divisible by the {d.world} DDP ranks")
+    spe = len(ds.train) // B
+    if spe == 0:
+        raise ConfigError(f"data.batch_size = {B}: larger than the {len(ds.train)} train images")
+    total = cfg.budget.iterations or cfg.budget.epochs * spe
+
+    spec = model_spec(cfg, ds)
+    model = build(spec).to(device)
+    if cfg.perf.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = optim.build(cfg.optim, model)
+    lr_at = schedules.build(cfg.schedule, cfg.warmup, cfg.optim.lr, spe, total)
+    freezer = Freezer(cfg.freeze, model, spe)
+    teacher = load_teacher(cfg.distill, device) if cfg.distill else None
+
+    start, parts, elapsed = 0, 0, 0.0
+    last = ckpt_dir / "last.pt"
+    if resume and last.exists():
+        ck = checkpoints.load(last, device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        checkpoints.set_rng_state(ck["rng"])
+        start, parts, elapsed = ck["iteration"], ck["parts"], ck["elapsed"]
+        log.info("trial %s resuming at iteration %d/%d", tid, start, total)
+    elif d.main and tdir.exists():
+        shutil.rmtree(tdir)  # a fresh (non-resumed) run replaces any earlier one
+
+    base = {"sweep": sweep, "trial_id": tid, **{k: tag_value(v) for k, v in cfg.tags.items()},
+            "seed": cfg.seed, "world_size": d.world}
+    writer = MetricsWriter(out / "metrics", tid, base, parts, enabled=d.main)
+    if d.main:
+        write_text(tdir / "config.yaml", dump(cfg))
+        write_json(tdir / "status.json", {"state": "running", "iteration": start, "total": total})
+
+    net = model
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if cfg.perf.compile:
+        net = torch.compile(net)
+    cuda = device.type == "cuda"
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.perf.bf16) else contextlib.nullcontext
+    mem = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
+
+    ck_iters = set(cfg.checkpoints.iterations)
+    ck_epochs = {e * spe: e for e in cfg.checkpoints.epochs}
+    eval_every = cfg.eval.every * (spe if cfg.eval.unit == "epoch" else 1)
+    ckpt_common = {"model_spec": spec, "data_spec": cfg.data.model_dump(mode="json"), "trial_id": tid,
+                   "config": cfg.model_dump(mode="json")}
+
+    def save_named(it: int) -> None:
+        if not d.main:
+            return
+        names = ([checkpoints.name_for(it)] if it in ck_iters or (it == total and cfg.checkpoints.final) else [])
+        names += [checkpoints.name_for(it, ck_epochs[it])] if it in ck_epochs else []
+        for name in names:
+            checkpoints.save(ckpt_dir / name, model=model.state_dict(), iteration=it, epoch=it / spe, **ckpt_common)
+
+    def finish(state: str, **extra) -> str:
+        writer.flush()
+        if d.main:
+            write_json(tdir / "status.json", {"state": state, "iteration": it, "total": total, **extra})
+        return state
+
+    n_train = len(ds.train)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count since the last eval
+    bad_at = torch.full((), -1, dtype=torch.long, device=device)  # first iteration with a non-finite loss
+    t_mark, it_mark = time.perf_counter(), start
+    t_start = time.perf_counter() - elapsed
+    it = start
+    order = data_mod.epoch_order(n_train, cfg.seed, start // spe)
+    net.train()
+    while it < total:
+        epoch, step = divmod(it, spe)
+        if step == 0:
+            order = data_mod.epoch_order(n_train, cfg.seed, epoch)
+        save_named(it)
+        lr = lr_at(it)
+        optim.set_lr(opt, lr)
+        x, y = data_mod.train_batch(ds, order, step, it, B, cfg.seed, cfg.data.augment, d.rank, d.world)
+        x = x.contiguous(memory_format=mem)
+        with amp():
+            logits = net(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                loss = kd_loss(logits.float(), t_logits.float(), y, cfg.distill.temperature, cfg.distill.weight)
+            else:
+                loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        freezer.apply(it)
+        ld = loss.detach()
+        bad_at = torch.where((bad_at < 0) & ~torch.isfinite(ld), torch.tensor(it, device=device), bad_at)
+        sums += torch.stack([ld.double() * len(y), (logits.detach().argmax(1) == y).sum().double(),
+                             torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+        log_row = it % cfg.eval.train_stride == 0
+        grad_norm = global_norm(p.grad for p in model.parameters()) if log_row else NAN
+        opt.step()
+        it += 1
+        if log_row or it % cfg.eval.log_every == 0 or it % eval_every == 0 or it == total:
+            bad = distributed.first_flagged(bad_at, d)
+            if bad >= 0:
+                log.warning("trial %s diverged: non-finite loss at iteration %d", tid, bad)
+                return finish("diverged", diverged_at=bad, reason=f"non-finite loss at iteration {bad}")
+        now = time.perf_counter()
+        if log_row:
+            rate = (it - it_mark) * B / max(now - t_mark, 1e-9)
+            loss_g = distributed.all_reduce_sum(ld.clone().float(), d).item() / d.world
+            writer.add(kind="step", split="train", epoch=(it - 1) / spe, iteration=it - 1, lr=lr, loss=loss_g,
+                       accuracy=NAN, grad_norm=grad_norm, weight_norm=global_norm(model.parameters()),
+                       wall_time=now - t_start, images_per_s=rate)
+        if it % cfg.eval.log_every == 0 and d.main:
+            rate = (it - it_mark) * B / max(now - t_mark, 1e-9)
+            log.info("trial %s it %d/%d ep %.2f loss %.4f lr %.4g | %.0f img/s | ETA %s", tid, it, total, it / spe,
+                     ld.item(), lr, rate, fmt_eta((total - it) * B / max(rate, 1e-9)))
+        if it % eval_every == 0 or it == total:
+            distributed.all_reduce_sum(sums, d)
+            row = dict(epoch=it / spe, iteration=it, lr=lr, grad_norm=NAN, weight_norm=global_norm(model.parameters()),
+                       wall_time=now - t_start, images_per_s=(it - it_mark) * B / max(now - t_mark, 1e-9))
+            writer.add(kind="eval", split="train", loss=(sums[0] / sums[2]).item(), accuracy=(sums[1] / sums[2]).item(),
+                       **row)
+            sums.zero_()
+            for split_name, split in (("val", ds.val), ("test", ds.test)):
+                if split is not None:
+                    loss_v, acc_v = evaluate(model, ds, split, cfg.data.eval_batch_size, d, amp)
+                    writer.add(kind="eval", split=split_name, loss=loss_v, accuracy=acc_v, **row)
+            parts = writer.flush()
+            if d.main:
+                checkpoints.save(last, model=model.state_dict(), optimizer=opt.state_dict(), rng=checkpoints.rng_state(),
+                                 iteration=it, epoch=it / spe, parts=parts, elapsed=time.perf_counter() - t_start,
+                                 **ckpt_common)
+                write_json(tdir / "status.json", {"state": "running", "iteration": it, "total": total})
+            t_mark, it_mark = time.perf_counter(), it
+    save_named(it)
+    return finish("done")

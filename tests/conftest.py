@@ -1,0 +1,36 @@
+"""Shared fixtures: the real CIFAR-10 Parquet files in ../shared and small trial configs."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = Path(os.environ.get("HEURBENCH_CIFAR", REPO.parent / "shared" / "datasets" / "cifar10-jpeg"))
+
+BASE_TRIAL = {
+    "name": "t",
+    "seed": 0,
+    "model": {"name": "student_cnn", "init": "default"},
+    "data": {"name": "parquet", "root": str(CIFAR), "train_subset": 400, "test_subset": 200, "batch_size": 50,
+             "eval_batch_size": 200},
+    "optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9},
+    "budget": {"iterations": 16},
+    "eval": {"every": 8, "unit": "iteration", "train_stride": 2, "log_every": 8},
+}
+
+
+@pytest.fixture
+def trial_dict():
+    """A fresh copy of a tiny, fast trial (student CNN, 400 real CIFAR-10 images)."""
+    if not (CIFAR / "train.parquet").is_file():
+        pytest.fail(f"{CIFAR}: CIFAR-10 Parquet not found (expected ../shared beside the repo)")
+    return copy.deepcopy(BASE_TRIAL)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
