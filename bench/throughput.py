@@ -119,7 +119,8 @@ def heurbench_trial(name: str, batch: int, iters: int, device: torch.device, out
         "budget": {"iterations": iters},
         "eval": {"every": iters, "unit": "iteration", "train_stride": max(1, iters // 10), "log_every": iters},
         "checkpoints": {"iterations": [], "final": False},
-        "perf": {"device": device.type, "bf16": cuda, "channels_last": cuda, "compile": cuda},
+        "perf": {"device": device.type, "bf16": cuda, "channels_last": cuda,
+                 "compile": "reduce-overhead" if cuda and batch <= 512 else ("default" if cuda else False)},
     })
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -158,7 +159,7 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--pack", type=int, default=None, help="trials packed on one device (0 = skip)")
-    ap.add_argument("--csv", default="bench/throughput.csv")
+    ap.add_argument("--csv", default="runs/bench/throughput.csv")
     a = ap.parse_args()
     device = torch.device(a.device)
     cpu = device.type == "cpu"

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.set_defaults(func=cmd_train)
 
-    for module in ("harness.sweep", "slurm.launch", "analysis.cli", "harness.report", "harness.quickstart"):
+    for module in ("harness.sweep", "slurm.launch", "analysis.cli", "analysis.report", "harness.quickstart"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ImportError:

@@ -32,6 +32,8 @@ class ModelCfg(Strict):
     init: Literal["default", "he_normal"] = "he_normal"
     init_scale: float = Field(1.0, gt=0, description="multiplier on the init variance (S1 mode E uses 3)")
     dropout: float = Field(0.0, ge=0, lt=1)
+    width: float = Field(1.0, gt=0, description="channel multiplier of VGG/ResNet (reduced-scale studies)")
+    init_from: Optional[str] = Field(None, description="checkpoint (path or @sweep:point:file) whose weights start the run")
 
     @field_validator("name")
     @classmethod
@@ -141,7 +143,8 @@ class PerfCfg(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = Field(False, description="bf16 autocast on CUDA")
     channels_last: bool = False
-    compile: bool = Field(False, description="torch.compile the model (CUDA)")
+    compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = Field(
+        False, description="torch.compile mode; reduce-overhead uses CUDA graphs (static shapes)")
 
 
 class TrialConfig(Strict):

@@ -24,13 +24,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return weight * soft + (1 - weight) * F.cross_entropy(student_logits, labels)
 
 
-def load_teacher(cfg: DistillCfg, device) -> nn.Module:
-    """Rebuild the teacher from its heurbench checkpoint, frozen and in eval mode."""
+def load_teacher(cfg: DistillCfg, out: Path, device) -> nn.Module:
+    """Rebuild the teacher from its heurbench checkpoint (a path or @sweep:point:file), frozen, in eval mode."""
     from harness.checkpoints import load_model
+    from harness.refs import resolve
 
-    path = Path(cfg.teacher)
+    path = resolve(cfg.teacher, out)
     if not path.is_file():
-        raise FileNotFoundError(f"distill.teacher = {cfg.teacher!r}: no such checkpoint file")
+        raise FileNotFoundError(f"distill.teacher = {cfg.teacher!r}: no such checkpoint file ({path})")
     model = load_model(path, device)
     model.eval().requires_grad_(False)
     return model

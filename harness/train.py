@@ -23,6 +23,7 @@ from harness.distill import kd_loss, load_teacher
 from harness.freeze import Freezer
 from harness.metrics import MetricsWriter
 from harness.models import build
+from harness.refs import resolve
 from harness.storage import write_json, write_text
 
 log = logging.getLogger("heurbench.train")
@@ -62,8 +63,9 @@ def evaluate(model: nn.Module, ds: data_mod.Dataset, split: data_mod.Split, batc
         with amp():
             out = model(ds.normalize(split.images[i])).float()
         y = split.labels[i]
-        sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(),
-                             (out.argmax(1) == y).sum().double(), torch.tensor(len(i), device=sums.device).double()])
+        sums[0] += F.cross_entropy(out, y, reduction="sum").double()
+        sums[1] += (out.argmax(1) == y).sum()
+        sums[2] += len(i)
     distributed.all_reduce_sum(sums, d)
     model.train()
     return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
@@ -110,12 +112,14 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
 
     spec = model_spec(cfg, ds)
     model = build(spec).to(device)
+    if cfg.model.init_from:
+        model.load_state_dict(checkpoints.load(resolve(cfg.model.init_from, out), device)["model"])
     if cfg.perf.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = optim.build(cfg.optim, model)
     lr_at = schedules.build(cfg.schedule, cfg.warmup, cfg.optim.lr, spe, total)
     freezer = Freezer(cfg.freeze, model, spe)
-    teacher = load_teacher(cfg.distill, device) if cfg.distill else None
+    teacher = load_teacher(cfg.distill, out, device) if cfg.distill else None
 
     start, parts, elapsed = 0, 0, 0.0
     last = ckpt_dir / "last.pt"
@@ -140,7 +144,7 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.perf.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, mode=cfg.perf.compile)
     cuda = device.type == "cuda"
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.perf.bf16) else contextlib.nullcontext
     mem = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
@@ -194,9 +198,10 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
         loss.backward()
         freezer.apply(it)
         ld = loss.detach()
-        bad_at = torch.where((bad_at < 0) & ~torch.isfinite(ld), torch.tensor(it, device=device), bad_at)
-        sums += torch.stack([ld.double() * len(y), (logits.detach().argmax(1) == y).sum().double(),
-                             torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+        bad_at = torch.where((bad_at < 0) & ~torch.isfinite(ld), it, bad_at)
+        sums[0] += ld.double() * len(y)
+        sums[1] += (logits.detach().argmax(1) == y).sum()
+        sums[2] += len(y)
         log_row = it % cfg.eval.train_stride == 0
         grad_norm = global_norm(p.grad for p in model.parameters()) if log_row else NAN
         opt.step()

@@ -139,3 +139,23 @@ def test_resume_after_kill_reproduces_uninterrupted_rows(trial_dict, tmp_path):
     pd.testing.assert_frame_equal(ref, got, check_exact=False, rtol=1e-5)
     a, b = (checkpoints.load(o / "trials" / cfg.trial_id() / "ckpt" / "iter=000048.pt")["model"] for o in (tmp_path / "ref", out))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_init_from_a_sweep_reference_starts_from_that_checkpoint(trial_dict, tmp_path):
+    src = parse_trial(trial_dict)
+    run_trial(src, tmp_path / "pre")
+    (tmp_path / "pre" / "sweep.yaml").write_text(yaml.safe_dump(
+        {"name": "pre", "points": [{"index": 0, "trial_id": src.trial_id(), "values": {}}]}))
+    trial_dict["model"]["init_from"] = "@pre:0:last.pt"
+    trial_dict["checkpoints"] = {"iterations": [0]}
+    cfg = parse_trial(trial_dict)
+    run_trial(cfg, tmp_path / "fine")
+    start = ckpt(tmp_path / "fine", cfg, "iter=000000.pt")["model"]
+    pre = ckpt(tmp_path / "pre", src, "last.pt")["model"]
+    assert all(torch.equal(start[k], pre[k]) for k in pre)
+    trial_dict["model"]["init_from"] = "@pre:3:last.pt"
+    with pytest.raises(ValueError, match="sweep 'pre' has points \\[0\\]"):
+        run_trial(parse_trial(trial_dict), tmp_path / "fine2")
+    trial_dict["model"]["init_from"] = "@missing:0:last.pt"
+    with pytest.raises(FileNotFoundError, match="run sweep 'missing' first"):
+        run_trial(parse_trial(trial_dict), tmp_path / "fine3")

@@ -1,0 +1,29 @@
+"""GPU fast path (bf16 autocast, channels_last, torch.compile) vs the plain fp32 path; skipped without CUDA."""
+import pandas as pd
+import pytest
+import torch
+
+from harness.config import parse_trial
+from harness.train import run_trial
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def final_accuracy(trial_dict, out, perf):
+    d = {**trial_dict, "perf": {"device": "cuda", **perf}}
+    cfg = parse_trial(d)
+    run_trial(cfg, out)
+    df = pd.read_parquet(out / "metrics")
+    return df[(df.kind == "eval") & (df.split == "test")].accuracy.iloc[-1]
+
+
+def test_fast_path_reaches_plain_accuracy(trial_dict, tmp_path):
+    trial_dict["model"] = {"name": "vgg11", "bn": True, "width": 0.5}
+    trial_dict["data"].update(train_subset=10000, test_subset=2000, batch_size=100, eval_batch_size=1000)
+    trial_dict["budget"] = {"epochs": 4}
+    trial_dict["optim"] = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
+    trial_dict["eval"] = {"every": 1, "unit": "epoch"}
+    plain = final_accuracy(trial_dict, tmp_path / "plain", {})
+    fast = final_accuracy(trial_dict, tmp_path / "fast", {"bf16": True, "channels_last": True, "compile": "default"})
+    assert plain > 0.4
+    assert abs(fast - plain) < 0.04, (plain, fast)
