@@ -1,0 +1,212 @@
+"""harness.sweep: grid expansion and validation, `sweep plan`, and real Ray Tune sweeps (local cluster),
+including a driver killed mid-sweep and re-run (finished trials skipped, unfinished ones resumed)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.config import ConfigError
+from harness.sweep import in_order, load_sweep, run_point, tag_columns
+
+ROW_KEY = ["trial_id", "kind", "split", "iteration"]
+
+
+@pytest.fixture
+def trial_dict(trial_dict):
+    """conftest's tiny trial, with the budget and logging cadence these tests count on."""
+    trial_dict.update(budget={"iterations": 16}, eval={"every": 8, "unit": "iteration", "train_stride": 2,
+                                                        "log_every": 8})
+    return trial_dict
+
+
+def write_sweep(tmp_path, base, name="s", **spec):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "base": base, **spec}))
+    return path
+
+
+def statuses(out):
+    return {p.parent.name: yaml.safe_load(p.read_text()) for p in out.glob("trials/*/status.json")}
+
+
+def test_grid_zip_seeds_and_overrides_expand_to_validated_trials(trial_dict, tmp_path):
+    path = write_sweep(tmp_path, trial_dict, grid={"model.name": ["student_cnn", "vgg11"]},
+                       zip=[{"data.batch_size": [100, 5000], "warmup.length": [0, 200]}], seeds=[0, 1],
+                       overrides=[{"when": {"data.batch_size": 5000}, "set": {"optim.lr": 2.5}}])
+    sweep = load_sweep(path)
+    assert len(sweep.points) == 2 * 2 * 2
+    p = sweep.points[3]  # student_cnn, batch 5000, seed 1: seeds vary fastest
+    assert p.values == {"model.name": "student_cnn", "data.batch_size": 5000, "warmup.length": 200, "seed": 1,
+                        "optim.lr": 2.5}
+    assert (p.cfg.model.name, p.cfg.data.batch_size, p.cfg.warmup.length, p.cfg.seed, p.cfg.optim.lr) == \
+        ("student_cnn", 5000, 200, 1, 2.5)
+    assert p.cfg.tags == {"model.name": "student_cnn", "data.batch_size": 5000, "warmup.length": 200, "optim.lr": 2.5}
+    assert [q.cfg.optim.lr for q in sweep.points] == [0.02, 0.02, 2.5, 2.5] * 2
+    assert len({q.trial_id for q in sweep.points}) == 8
+    assert load_sweep(path).points[5].trial_id == sweep.points[5].trial_id  # ids are stable
+
+
+def test_base_file_is_relative_to_the_sweep_and_depends_on_orders_sweeps(trial_dict, tmp_path):
+    (tmp_path / "trial.yaml").write_text(yaml.safe_dump(trial_dict))
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump({"name": "teacher", "base_file": "trial.yaml"}))
+    path = tmp_path / "student.yaml"
+    path.write_text(yaml.safe_dump({"name": "student", "base_file": "trial.yaml", "depends_on": ["teacher.yaml"],
+                                    "grid": {"optim.lr": [0.01, 0.02]}}))
+    assert [s.name for s in in_order(path)] == ["teacher", "student"]
+    assert len(load_sweep(tmp_path / "teacher.yaml").points) == 1
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump({"name": "teacher", "base_file": "trial.yaml",
+                                                           "depends_on": ["student.yaml"]}))
+    with pytest.raises(ConfigError, match="cycle"):
+        in_order(path)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"optim.lrr": [0.1]}}, r"grid point 0 \(optim.lrr=0.1\): unknown key 'optim.lrr'"),
+    ({"grid": {"optim.lr": [0.1, -1.0]}}, r"grid point 1 \(optim.lr=-1.0\): optim.lr = -1.0: .*greater than 0"),
+    ({"grid": {"optim.lr": []}}, r"s.yaml: grid = .*has no values"),
+    ({"zip": [{"optim.lr": [0.1, 0.2], "seed": [0]}]}, r"s.yaml: zip = .*equal length"),
+    ({"seeds": [0, 0]}, r"grid points 0 and 1 are the same trial"),
+    ({"resources": {"gpus_per_trial": 1.5}}, r"resources = .*whole number"),
+    ({"resources": {"cpus": 2}}, r"unknown key 'resources.cpus'"),
+    ({"overrides": [{"when": {}, "set": {"optim.lr": 1}}]}, r"overrides.0.when = \{\}: .*at least 1"),
+    ({"grdi": {}}, r"unknown key 'grdi'"),
+    ({"grid": {"seed.x": [1]}}, r"s.yaml: seed.x: 'seed' is not a section"),
+])
+def test_bad_sweeps_give_one_line_naming_file_and_key(trial_dict, tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_sweep(write_sweep(tmp_path, trial_dict, **spec))
+    assert "\n" not in str(err.value)
+
+
+def test_base_and_base_file_are_exclusive(trial_dict, tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of base"):
+        load_sweep(write_sweep(tmp_path, trial_dict, base_file="x.yaml"))
+
+
+def test_plan_prints_ids_and_swept_values_without_running(trial_dict, tmp_path, capsys):
+    path = write_sweep(tmp_path, trial_dict, grid={"optim.lr": [0.01, 0.02]}, seeds=[3, 4],
+                       resources={"gpus_per_trial": 0.25})
+    assert main(["sweep", "plan", str(path), "--out", str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "4 trials" in lines[0] and "0.25 GPU" in lines[0]
+    assert lines[1].split() == ["#", "trial_id", "optim.lr", "seed"]
+    ids = [p.trial_id for p in load_sweep(path).points]
+    swept = [("0.01", "3"), ("0.01", "4"), ("0.02", "3"), ("0.02", "4")]
+    assert [ln.split() for ln in lines[2:]] == [[str(i), ids[i], lr, s] for i, (lr, s) in enumerate(swept)]
+    assert not (tmp_path / "runs").exists()
+    assert main(["sweep", "plan", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: no such file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One real local Ray cluster for the module; sweep drivers join it with --address."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def sweep_cmd(path, out, address):
+    return [sys.executable, "-m", "harness.cli", "sweep", str(path), "--out", str(out), "--address", address]
+
+
+@pytest.mark.slow
+def test_sweep_records_divergence_and_writes_one_parquet_dataset(trial_dict, tmp_path, ray_address):
+    path = write_sweep(tmp_path, trial_dict, grid={"optim.lr": [0.01, 50.0]}, seeds=[0])
+    r = subprocess.run(sweep_cmd(path, tmp_path / "runs", ray_address), capture_output=True, text=True, timeout=300)
+    out = tmp_path / "runs" / "s"
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2/2 finished" in r.stderr and "ETA" in r.stderr
+    st = statuses(out)
+    sweep = load_sweep(path)
+    assert [st[p.trial_id]["state"] for p in sweep.points] == ["done", "diverged"]
+    df = pd.read_parquet(out / "metrics")
+    assert set(df.trial_id) == {p.trial_id for p in sweep.points}
+    assert not df.duplicated(ROW_KEY).any()
+    assert set(df["optim.lr"]) == {0.01, 50.0} and (df.seed == 0).all() and (df.sweep == "s").all()
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["points"][1]["trial_id"] == sweep.points[1].trial_id
+
+
+@pytest.mark.slow
+def test_killed_driver_rerun_skips_finished_and_resumes_unfinished(trial_dict, tmp_path, ray_address):
+    """A short and a long trial side by side: the driver is killed once the short one is done."""
+    path = write_sweep(tmp_path, trial_dict, zip=[{"optim.lr": [0.01, 0.02], "budget.iterations": [16, 48]}])
+    short, long = (p.trial_id for p in load_sweep(path).points)
+    out = tmp_path / "runs" / "s"
+    driver = subprocess.Popen(sweep_cmd(path, tmp_path / "runs", ray_address), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and statuses(out).get(short, {}).get("state") != "done":
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = statuses(out)
+    assert before[short]["state"] == "done"
+    assert before[long]["state"] == "running" and 8 <= before[long]["iteration"] < 48, before
+    first_part = next((out / "metrics").glob(f"part-{long}-00000.parquet"))
+    written = first_part.stat().st_mtime_ns
+    time.sleep(3)  # Ray ends the dead driver's trial actors
+
+    r = subprocess.run(sweep_cmd(path, tmp_path / "runs", ray_address), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 already finished, 1 to run" in r.stderr
+    assert f"{long} resuming at iteration" in r.stdout + r.stderr
+    assert first_part.stat().st_mtime_ns == written  # rows before the checkpoint kept, not rewritten
+    after = statuses(out)
+    assert after[short] == before[short] and after[long]["state"] == "done"
+    df = pd.read_parquet(out / "metrics")
+    assert not df.duplicated(ROW_KEY).any()
+    for tid, n in ((short, 16), (long, 48)):  # nothing lost either
+        assert sorted(df[(df.trial_id == tid) & (df.kind == "step")].iteration) == list(range(0, n, 2))
+        test_rows = df[(df.trial_id == tid) & (df.kind == "eval") & (df.split == "test")]
+        assert sorted(test_rows.iteration) == list(range(8, n + 1, 8))
+
+
+@pytest.mark.slow
+def test_ddp_trials_in_a_sweep_run_two_ranks_each(trial_dict, tmp_path, ray_address):
+    path = write_sweep(tmp_path, trial_dict, seeds=[0], resources={"workers_per_trial": 2, "cpus_per_trial": 2})
+    r = subprocess.run(sweep_cmd(path, tmp_path / "runs", ray_address), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "runs" / "s" / "metrics")
+    assert (df.world_size == 2).all() and not df.duplicated(ROW_KEY).any()
+
+
+def test_a_crashing_trial_is_marked_failed(trial_dict, tmp_path):
+    trial_dict["data"]["root"] = str(tmp_path / "nowhere")
+    sweep = load_sweep(write_sweep(tmp_path, trial_dict))
+    with pytest.raises(Exception, match="no such file"):
+        run_point(sweep.points[0].cfg, tmp_path / "runs" / "s")
+    (status,) = statuses(tmp_path / "runs" / "s").values()
+    assert status["state"] == "failed" and "no such file" in status["reason"]
+
+
+def test_tag_columns_give_each_column_one_type_across_points():
+    cols = tag_columns([{"lr": 1, "warmup": None, "bn": True, "mix": "a"},
+                        {"lr": 0.5, "warmup": {"length": 20}, "bn": False, "mix": 3},
+                        {"lr": None, "bn": True, "mix": None}])
+    assert [c["lr"] for c in cols][:2] == [1.0, 0.5] and cols[2]["lr"] != cols[2]["lr"]  # NaN
+    assert [c["warmup"] for c in cols] == ["none", '{"length": 20}', "none"]
+    assert [c["bn"] for c in cols] == [True, False, True]
+    assert [c["mix"] for c in cols] == ["a", "3", "none"]
+
+
+def test_sweep_parts_share_one_schema_when_overrides_set_sections(trial_dict, tmp_path):
+    spec = {"name": "schema", "base": trial_dict, "grid": {"tags.run": ["a", "b"]},
+            "overrides": [{"when": {"tags.run": "b"}, "set": {"warmup": {"length": 4}}}]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    for p in sweep.points:
+        p.cfg.budget.iterations = 2
+        p.cfg.eval.every = 2
+        run_point(p.cfg, tmp_path / "runs" / "schema")
+    df = pd.read_parquet(tmp_path / "runs" / "schema" / "metrics")
+    assert sorted(df["warmup"].unique()) == ["none", '{"length": 4}']
