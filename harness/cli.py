@@ -36,11 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     for module in ("harness.sweep", "slurm.launch", "analysis.cli", "analysis.report", "harness.quickstart"):
-        try:
-            mod = __import__(module, fromlist=["add_parser"])
-        except ImportError:
-            continue
-        mod.add_parser(sub)
+        __import__(module, fromlist=["add_parser"]).add_parser(sub)  # each imports Ray/submitit only when run
     return p
 
 

@@ -1,0 +1,75 @@
+"""Loss-surface planes: the plane through three weight vectors, a grid of evaluations, projections.
+
+Garipov et al. 2018 (sec. 4.1, fig. 1): with w0, w1, w2 in weight space, u = w1 - w0 and
+v = w2 - w0 made orthonormal (Gram-Schmidt); a point (x, y) is w0 + x u_hat + y v_hat.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from analysis.evaluation import Batches, LossFn, evaluate_at, restored
+from analysis.progress import Progress
+
+
+@dataclass
+class Plane:
+    """Origin plus two orthonormal directions in weight space (float64); coordinates in weight-norm units."""
+
+    origin: Tensor
+    e1: Tensor
+    e2: Tensor
+
+    @classmethod
+    def through(cls, w0: Tensor, w1: Tensor, w2: Tensor) -> "Plane":
+        """The plane through three points, origin w0, first axis towards w1 (float64: float32 dot
+        products over millions of weights leave the axes visibly non-orthogonal)."""
+        w0, w1, w2 = w0.double(), w1.double(), w2.double()
+        u = w1 - w0
+        v = w2 - w0
+        if u.norm() == 0:
+            raise ValueError("w0 and w1 coincide: no plane")
+        e1 = u / u.norm()
+        v = v - (v @ e1) * e1
+        if v.norm() <= 1e-6 * u.norm():
+            raise ValueError("the three points are collinear: no plane")
+        return cls(w0, e1, v / v.norm())
+
+    def point(self, x: float, y: float) -> Tensor:
+        return self.origin + x * self.e1 + y * self.e2
+
+    def project(self, w: Tensor) -> tuple[float, float, float]:
+        """Least-squares coordinates (x, y) of w on the plane and its distance from it."""
+        d = w.double() - self.origin
+        x, y = float(d @ self.e1), float(d @ self.e2)
+        return x, y, float((d - x * self.e1 - y * self.e2).norm())
+
+
+def grid_axes(coords: Sequence[tuple[float, float]], points: int = 21,
+              margin: float = 0.2) -> tuple[list[float], list[float]]:
+    """Evenly spaced x and y values covering the given (x, y) points plus `margin` of their span."""
+    axes = []
+    for values in zip(*coords):
+        lo, hi = min(values), max(values)
+        pad = margin * (hi - lo)
+        axes.append(torch.linspace(lo - pad, hi + pad, points).tolist())
+    return axes[0], axes[1]
+
+
+def evaluate_plane(model: nn.Module, plane: Plane, xs: Sequence[float], ys: Sequence[float],
+                   splits: dict[str, Batches], bn_batches: Batches | None,
+                   loss_fn: LossFn = F.cross_entropy) -> list[dict]:
+    """Loss and accuracy per split at every grid point (BN recomputed at each); rows (x, y, split, ...)."""
+    rows = []
+    progress = Progress(len(xs) * len(ys), "plane grid")
+    with restored(model), torch.no_grad():
+        for x in xs:
+            for y in ys:
+                rows += [{"x": float(x), "y": float(y), **r}
+                         for r in evaluate_at(model, plane.point(x, y), splits, bn_batches, loss_fn)]
+                progress.step()
+    return rows

@@ -1,0 +1,76 @@
+"""Figures for the analyses, drawn with matplotlib's Agg backend (imported only when drawing)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def heatmap(matrix, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str = "",
+            xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float = 1.0) -> Path:
+    """Layer x layer similarity heatmap (rows = first checkpoint's layers)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.35 * len(cols)), max(4.0, 2.0 + 0.35 * len(rows))))
+    im = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap="viridis", origin="lower")
+    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax)
+    return _save(fig, path)
+
+
+def lines(df: pd.DataFrame, x: str, y: str, path: str | Path, by: Sequence[str] = (), title: str = "",
+          logy: bool = False) -> Path:
+    """One line per combination of the `by` columns: per-layer diagonals, curve vs segment along t,
+    metric vs epoch, accuracy per frequency variant (categorical x is plotted in row order)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, part in (df.groupby(list(by), sort=False) if by else [((), df)]):
+        label = ", ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        ax.plot(part[x].astype(str) if part[x].dtype == object else part[x], part[y], marker=".", label=label or None)
+    ax.set(xlabel=x, ylabel=y, title=title)
+    if logy:
+        ax.set_yscale("log")
+    if by:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plane_contour(grid: pd.DataFrame, value: str, points: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Log-spaced contours of a positive `value` over grid rows (x, y, value), with labelled projected
+    checkpoints (x, y, label); off-plane losses span decades, so a linear scale would hide the basins."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    table = grid.pivot_table(index="y", columns="x", values=value)
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    levels = np.geomspace(table.values.min(), table.values.max(), 21)
+    cs = ax.contourf(table.columns, table.index, table.values, levels=levels, norm=LogNorm(), cmap="viridis_r")
+    fig.colorbar(cs, ax=ax, label=value, format="%.3g")
+    ax.scatter(points["x"], points["y"], c="white", edgecolors="black", zorder=3)
+    for _, p in points.iterrows():
+        ax.annotate(str(p["label"]), (p["x"], p["y"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="x (weight-space units)", ylabel="y (weight-space units)")
+    ax.set_title(title, fontsize=8)
+    return _save(fig, path)

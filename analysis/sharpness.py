@@ -1,0 +1,111 @@
+"""Sharpness of the training loss: top Hessian eigenvalue (Lanczos or power iteration), Hutchinson trace.
+
+Everything works through Hessian-vector products (Pearlmutter 1994) of the mean loss over a
+fixed batch set, in eval mode (BN uses its running statistics, dropout is off), so the
+Hessian is that of one deterministic function of the weights.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from analysis.evaluation import Batches, LossFn, device_of, restored
+from analysis.progress import Progress
+
+
+def hessian_vector_product(model: nn.Module, batches: Batches,
+                           loss_fn: LossFn = F.cross_entropy) -> Callable[[Tensor], Tensor]:
+    """v -> H v for the mean loss over `batches`, H the Hessian w.r.t. the trainable parameters (flattened)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = device_of(model)
+
+    def hvp(v: Tensor) -> Tensor:
+        out = torch.zeros_like(v)
+        for x, y in batches.iterate(device):
+            loss = loss_fn(model(x), y) * (len(y) / len(batches))
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            out += torch.cat([h.reshape(-1) for h in torch.autograd.grad(flat @ v, params)])
+        return out
+
+    return hvp
+
+
+def _trainable(model: nn.Module) -> Tensor:
+    """An empty tensor with the size, dtype and device of the flattened trainable weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+
+
+def top_eigenvalue(model: nn.Module, batches: Batches, method: str = "lanczos", iters: int = 20,
+                   tol: float = 1e-4, seed: int = 0, loss_fn: LossFn = F.cross_entropy) -> float:
+    """Largest Hessian eigenvalue of the training loss over `batches`.
+
+    "lanczos": `iters` Lanczos steps with full reorthogonalisation, top Ritz value (the
+    largest algebraic eigenvalue). "power": power iteration until the Rayleigh quotient
+    changes by < tol (relative); it finds the eigenvalue of largest magnitude.
+    """
+    if method not in ("lanczos", "power"):
+        raise ValueError(f"unknown method {method!r}; expected 'lanczos' or 'power'")
+    with restored(model):
+        model.eval()
+        hvp, like = hessian_vector_product(model, batches, loss_fn), _trainable(model)
+        v = torch.randn(like.numel(), generator=torch.Generator().manual_seed(seed)).to(like)
+        v /= v.norm()
+        return _lanczos(hvp, v, min(iters, like.numel())) if method == "lanczos" else _power(hvp, v, iters, tol)
+
+
+def _power(hvp: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> float:
+    value = math.nan
+    progress = Progress(iters, "power iteration")
+    for _ in range(iters):
+        hv = hvp(v)
+        new = float(v @ hv)
+        progress.step()
+        if abs(new - value) <= tol * abs(new) or float(hv.norm()) == 0:
+            return new
+        value, v = new, hv / hv.norm()
+    return value
+
+
+def _lanczos(hvp: Callable[[Tensor], Tensor], v: Tensor, iters: int) -> float:
+    basis = torch.empty(iters, v.numel(), dtype=v.dtype, device=v.device)
+    basis[0] = v
+    alphas, betas = [], []
+    progress = Progress(iters, "Lanczos")
+    for j in range(iters):
+        w = hvp(basis[j])
+        alphas.append(float(w @ basis[j]))
+        for _ in range(2):  # full reorthogonalisation; twice is enough (Parlett's "twice is enough")
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        progress.step()
+        beta = float(w.norm())
+        if j == iters - 1 or beta <= 1e-10 * max(abs(a) for a in alphas):  # Krylov space exhausted
+            break
+        betas.append(beta)
+        basis[j + 1] = w / beta
+    off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64)) + torch.diag(off, 1) + torch.diag(off, -1)
+    return float(torch.linalg.eigvalsh(t)[-1])
+
+
+def hutchinson_trace(model: nn.Module, batches: Batches, probes: int = 100, seed: int = 0,
+                     loss_fn: LossFn = F.cross_entropy) -> tuple[float, float]:
+    """Hutchinson estimate of tr(H) with Rademacher probes: (mean of v^T H v, its standard error)."""
+    with restored(model):
+        model.eval()
+        hvp, like = hessian_vector_product(model, batches, loss_fn), _trainable(model)
+        generator = torch.Generator().manual_seed(seed)
+        samples = []
+        progress = Progress(probes, "Hutchinson probes")
+        for _ in range(probes):
+            v = (torch.randint(0, 2, (like.numel(),), generator=generator) * 2 - 1).to(like)
+            samples.append(float(v @ hvp(v)))
+            progress.step()
+    values = torch.tensor(samples, dtype=torch.float64)
+    stderr = float(values.std() / math.sqrt(probes)) if probes > 1 else math.inf
+    return float(values.mean()), stderr

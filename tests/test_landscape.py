@@ -1,0 +1,67 @@
+"""analysis.landscape: plane geometry against numpy least squares, grid evaluation."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from analysis.evaluation import Batches, evaluate, load_vector, param_vector, update_bn
+from analysis.landscape import Plane, evaluate_plane, grid_axes
+
+
+def three_points(d=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(d, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def test_plane_contains_its_points_and_axes_are_orthonormal():
+    w0, w1, w2 = three_points()
+    plane = Plane.through(w0, w1, w2)
+    assert float(plane.e1 @ plane.e2) == pytest.approx(0.0, abs=1e-12)
+    assert float(plane.e1.norm()) == pytest.approx(1.0) and float(plane.e2.norm()) == pytest.approx(1.0)
+    for w in (w0, w1, w2):
+        x, y, residual = plane.project(w)
+        assert residual == pytest.approx(0.0, abs=1e-10)
+        torch.testing.assert_close(plane.point(x, y), w)
+    x1, y1, _ = plane.project(w1)
+    assert (x1, y1) == pytest.approx((float((w1 - w0).norm()), 0.0), abs=1e-10)
+
+
+def test_projection_matches_numpy_least_squares():
+    w0, w1, w2 = three_points()
+    other = torch.randn(50, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    basis = torch.stack([w1 - w0, w2 - w0], 1).numpy()
+    coef, residual, *_ = np.linalg.lstsq(basis, (other - w0).numpy(), rcond=None)
+    plane = Plane.through(w0, w1, w2)
+    x, y, dist = plane.project(other)
+    np.testing.assert_allclose(plane.point(x, y).numpy(), w0.numpy() + basis @ coef, atol=1e-10)
+    assert dist == pytest.approx(float(np.sqrt(residual[0])), abs=1e-10)
+
+
+def test_degenerate_planes_raise():
+    w0, w1, _ = three_points()
+    with pytest.raises(ValueError, match="collinear"):
+        Plane.through(w0, w1, 2 * w1 - w0)
+    with pytest.raises(ValueError, match="coincide"):
+        Plane.through(w0, w0, w1)
+
+
+def test_grid_axes_cover_points_with_margin():
+    xs, ys = grid_axes([(0.0, 0.0), (10.0, 0.0), (4.0, 5.0)], points=11, margin=0.1)
+    assert (xs[0], xs[-1], ys[0], ys[-1]) == pytest.approx((-1.0, 11.0, -0.5, 5.5))
+    assert len(xs) == len(ys) == 11
+
+
+def test_evaluate_plane_matches_direct_evaluation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(1)
+    data = Batches(torch.randn(128, 4, generator=g), torch.randint(0, 3, (128,), generator=g), 32)
+    w0 = param_vector(model)
+    w1, w2 = w0 + torch.randn(w0.shape, generator=g), w0 + torch.randn(w0.shape, generator=g)
+    plane = Plane.through(w0, w1, w2)
+    x1, y1, _ = plane.project(w1)
+    rows = evaluate_plane(model, plane, [0.0, x1], [0.0, y1], {"train": data}, data)
+    assert [(r["x"], r["y"]) for r in rows] == [(0.0, 0.0), (0.0, y1), (x1, 0.0), (x1, y1)]
+    load_vector(model, w1)
+    update_bn(model, data)
+    assert rows[2]["loss"] == pytest.approx(evaluate(model, data)["loss"], rel=1e-5)
