@@ -1,0 +1,72 @@
+"""`heurbench report` end to end on every reduced study (sweeps/reduced/): the sweeps run for real on a local
+Ray cluster (2 CPUs), then the study's report draws its figures, writes the tables behind them and a summary
+that quotes their numbers."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.report import report
+from harness.sweep import in_order, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fmt(values, spec=".4f"):
+    return [format(v, spec) for v in values]
+
+
+# sweep YAML -> (figures, tables, the numbers (as report.md writes them) that the summary must quote)
+CASES = {
+    "s1_reduced": (["test_accuracy", "connect_G-A_loss", "connect_G-A_accuracy", "connect_G-B_loss",
+                    "connect_G-B_accuracy"], ["test_accuracy", "connect_curves", "connect_barriers"],
+                   lambda t: fmt(t["connect_barriers"].loss_barrier)),
+    "s2_reduced": (["test_accuracy", "plane_sgdr_train_loss", "plane_sgdr_test_loss", "cca_sgdr_W10_vs_W150",
+                    "cca_sgdr_W150_vs_W155"] + [f"connect_{p}_loss" for p in
+                                                ("sgdr_W30-W70", "sgdr_W70-W150", "sgdr_W30-W150",
+                                                 "step_W55-W65", "step_W145-W165", "step_W55-W165")],
+                   ["connect_barriers", "plane_sgdr", "plane_points_sgdr", "cca_sgdr_W10_vs_W150"],
+                   lambda t: fmt(t["connect_barriers"].error_barrier) + fmt(t["plane_points_sgdr"].x, ".3f")),
+    "s3_reduced": (["test_accuracy", "cca_diagonal", "cca_lb_warmup_iter0_vs_iter4", "cca_lb_warmup_iter4_vs_iter20"],
+                   ["test_accuracy", "cca_diagonal"], lambda t: fmt(t["test_accuracy"].final_accuracy)),
+    "s4_distill_reduced": (["val_accuracy", "cca_distilled_vs_teacher", "cca_hard_labels_vs_teacher",
+                            "cca_abs_difference"], ["accuracy_by_student", "cca_students_vs_teacher"],
+                           lambda t: fmt(t["accuracy_by_student"].best_mean)),
+    "s5_finetune_reduced": (["test_accuracy", "accuracy_plr_flr", "swa_vs_plr", "geometry", "frequency"],
+                            ["regimes", "swa", "geometry", "frequency"],
+                            lambda t: fmt(t["geometry"].angle_deg, ".3f") + list(t["regimes"].regime)),
+    "s6_reduced": (["largest_stable_lr", "sharpness"], ["stability", "largest_stable", "sharpness"],
+                   lambda t: fmt(t["largest_stable"].eta_trgt, ".4g")),
+    "s7_reduced": (["test_accuracy", "final_accuracy", "sgdr_swa"], ["accuracy_by_schedule", "sgdr_swa"],
+                   lambda t: fmt(t["accuracy_by_schedule"].final_mean) + fmt(t["sgdr_swa"].swa_accuracy)),
+}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster another test started
+    yield
+    ray.shutdown()
+
+
+# Verified end to end on 2 cores: S1, S3, S4. The S2, S5, S6 and S7 reports exist (heurbench report) but their
+# reduced runs have not yet passed here within CI's time, so they are not part of the suite yet (issue 5 open).
+VERIFIED = ["s1_reduced", "s3_reduced", "s4_distill_reduced"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VERIFIED)
+def test_reduced_study_runs_and_reports(name, tmp_path, monkeypatch, ray_cluster):
+    monkeypatch.chdir(REPO)  # the YAMLs' data.root is relative to the repository root
+    sweeps = in_order(REPO / "sweeps" / "reduced" / f"{name}.yaml")
+    for s in sweeps:
+        assert set(run_sweep(s, tmp_path)) <= {"done", "diverged"}, s.name
+    run = tmp_path / sweeps[-1].name
+    summary = report(run).read_text()
+    figures, tables, numbers = CASES[name]
+    assert [f for f in figures if not (run / "figures" / f"{f}.png").is_file()] == []
+    read = {t: pd.read_parquet(run / "analysis" / "report" / f"{t}.parquet") for t in tables}
+    assert all(len(df) for df in read.values())
+    assert [n for n in numbers(read) if n not in summary] == []
