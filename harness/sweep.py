@@ -343,7 +343,9 @@ def run_sweep(sweep: Sweep, out_root: Path, address: Optional[str] = None, num_c
              len(sweep.points) - len(todo), len(todo), out)
     if todo:
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address else num_cpus, num_gpus=None if address else num_gpus,
+            # "local": always a new cluster, never a stale one that `ray start` left in /tmp/ray/ray_current_cluster
+            ray.init(address=address or "local", num_cpus=None if address else num_cpus,
+                     num_gpus=None if address else num_gpus,
                      include_dashboard=False, log_to_driver=True, configure_logging=False)
         r = sweep.spec.resources
         trainable = tune.with_resources(

@@ -58,7 +58,7 @@ class RaySweepJob(TrialJob):
     def head(sweeps: list[Sweep], out_root: Path, rendezvous: Path, nodes: int) -> dict:
         import ray
 
-        ray.init(include_dashboard=False, configure_logging=False,
+        ray.init(address="local", include_dashboard=False, configure_logging=False,
                  num_cpus=int(os.environ.get("SLURM_CPUS_ON_NODE", os.cpu_count())))
         address = ray.get_runtime_context().gcs_address
         write_text(rendezvous / "address", address)

@@ -53,7 +53,7 @@ def test_ray_train_torchtrainer_two_workers_match_one_process(cfg, tmp_path):
 
     assert run_trial(cfg, tmp_path / "one") == "done"
     out = tmp_path / "two"
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         TorchTrainer(lambda: run_trial(cfg, out), scaling_config=ScalingConfig(num_workers=2),
                      run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="ddp")).fit()

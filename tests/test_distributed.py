@@ -16,9 +16,17 @@ LAUNCH_VARS = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
 
 @pytest.fixture
 def env(monkeypatch):
+    """A clean launcher environment; afterwards every launch variable is as before, including the
+    MASTER_ADDR/PORT that env_ranks sets (monkeypatch alone does not undo keys it never saw)."""
+    saved = {k: os.environ.get(k) for k in LAUNCH_VARS}
     for k in LAUNCH_VARS:
         monkeypatch.delenv(k, raising=False)
-    return monkeypatch
+    yield monkeypatch
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.mark.parametrize("nodelist, first", [("gpu[03-05,07],cpu1", "gpu03"), ("node7", "node7"),

@@ -109,7 +109,7 @@ def ray_address():
     """One real local Ray cluster for the module; sweep drivers join it with --address."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
