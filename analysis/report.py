@@ -8,6 +8,7 @@ their rows land under <sweep>/analysis/; the numbers behind every figure are wri
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,7 @@ import pandas as pd
 import yaml
 
 from analysis import plots, results
+from harness.config import ConfigError
 
 log = logging.getLogger("heurbench.analysis")
 
@@ -32,7 +34,9 @@ class Report:
         self.name = spec["name"]
         self.points = pd.DataFrame([{"index": p["index"], "trial_id": p["trial_id"], **p["values"]}
                                     for p in spec["points"]])
-        self.metrics = pd.read_parquet(self.dir / "metrics")
+        # only the sweep's current points: a re-run of an edited YAML leaves earlier trials' rows behind
+        metrics = pd.read_parquet(self.dir / "metrics")
+        self.metrics = metrics[metrics.trial_id.isin(self.points.trial_id)]
         self.lines: list[str] = [f"# Report: {self.name}", ""]
         self.figures: list[Path] = []
 
@@ -56,11 +60,18 @@ class Report:
             raise FileNotFoundError(f"{self.dir}/trials/{trial_id}/ckpt: no W{k} (epoch={k:03d}.pt, iter={k:06d}.pt)")
         return found
 
-    def state(self, trial_id: str) -> str:
-        import json
+    def status(self, trial_id: str) -> dict:
+        """The trial's status.json ({} before it started)."""
+        from harness.record import read_status
 
-        p = self.dir / "trials" / trial_id / "status.json"
-        return json.loads(p.read_text()).get("state", "?") if p.exists() else "pending"
+        return read_status(self.dir / "trials" / trial_id)
+
+    def state(self, trial_id: str) -> str:
+        return self.status(trial_id).get("state", "pending")
+
+    def config(self, trial_id: str) -> dict:
+        """The trial's resolved config as a mapping."""
+        return yaml.safe_load((self.dir / "trials" / trial_id / "config.yaml").read_text())
 
     def table(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
         results.atomic_write(self.dir / "analysis" / "report" / f"{name}.parquet",
@@ -207,7 +218,7 @@ def report_connectivity(r: Report, curve_epochs: tuple[int, ...] = (1, 2), image
     r.say("## Final test accuracy per mode", "", acc.to_markdown(index=False, floatfmt=".4f"), "")
     final = {p["tags.mode"]: r.final_ckpt(p.trial_id) for _, p in r.points.iterrows()}
     if final.get("G") is None:
-        raise ValueError(f"{r.dir}: mode G has no final checkpoint ({r.state(r.points.trial_id[0])})")
+        raise ConfigError(f"{r.dir}: mode G has no final checkpoint ({r.state(r.points.trial_id[0])})")
     r.say(*[f"- G -> {m}: skipped ({m} has no final checkpoint)" for m, c in final.items() if c is None])
     connect(r, [(f"G-{m}", final["G"], c) for m, c in final.items() if m != "G" and c is not None],
             curve_epochs, images, t_points)
@@ -247,23 +258,25 @@ def report_sgdr(r: Report, curve_epochs: tuple[int, ...] = (2,), images: int = 1
 
 def report_distill(r: Report, inputs: int = 200) -> None:
     """S4 (closer look, sec. 5): distilled vs hard-label students: accuracy over seeds, SVCCA of every student
-    layer against every teacher layer (seed 0) and the absolute difference of the two heatmaps."""
+    layer against every teacher layer (lowest seed where both students finished) and the absolute difference
+    of the two heatmaps."""
     from harness.refs import resolve
 
     if "distill" not in r.points:
-        raise ValueError(f"{r.name}: the S4 report runs on the students' sweep (the one that sets distill.teacher)")
+        raise ConfigError(f"{r.name}: the S4 report runs on the students' sweep (the one that sets distill.teacher)")
     acc = accuracy_curves(r, "tags.student", split="val")
     stats = over_seeds(r, acc, "tags.student", "accuracy_by_student")
     r.say("## Validation accuracy over seeds (paper: best 85.18% distilled vs 83.01% hard labels)", "",
           stats.to_markdown(index=False, floatfmt=".4f"), "")
-    first = r.points[r.points.seed == r.points.seed.min()]
-    teacher = resolve(first.dropna(subset=["distill"]).distill.iloc[0]["teacher"], r.dir)
+    teacher = resolve(r.points.dropna(subset=["distill"]).distill.iloc[0]["teacher"], r.dir)
+    finished = r.points.assign(final=[r.final_ckpt(t) for t in r.points.trial_id]).dropna(subset=["final"])
+    seeds = sorted(s for s, g in finished.groupby("seed") if set(g["tags.student"]) >= {"distilled", "hard_labels"})
+    if not seeds:
+        r.say("No seed has both students finished (diverged or still running): no SVCCA against the teacher.")
+        return
     heat = {}
-    for _, p in first.iterrows():
-        student = r.final_ckpt(p.trial_id)
-        if student is None:
-            raise ValueError(f"{r.dir}: student {p['tags.student']} (seed {p.seed}) has no final checkpoint")
-        heat[p["tags.student"]] = rows = similarity(r, student, teacher, inputs)
+    for _, p in finished[finished.seed == seeds[0]].iterrows():
+        heat[p["tags.student"]] = rows = similarity(r, p.final, teacher, inputs)
         heatmap_of(rows, r.figure(f"cca_{p['tags.student']}_vs_teacher"),
                    f"SVCCA student ({p['tags.student']}) x teacher")
     keys = ["index_a", "index_b", "layer_a", "layer_b"]
@@ -364,33 +377,46 @@ def report_lr_regimes(r: Report, images: int = 100, t_points: int = 5) -> None:
 
 
 def report_warmup_stability(r: Report, images: int = 100, iters: int = 5) -> None:
-    """S6 (Kalra & Barkeshli): largest stable eta_trgt per warmup length (stable: not diverged and final train
-    loss below its start) and sharpness (top Hessian eigenvalue, Lanczos) at the checkpoints through warmup."""
+    """S6 (Kalra & Barkeshli): largest stable eta_trgt per optimizer, warmup start (0 or the loss-catapult LR)
+    and warmup length (stable: not diverged and final train loss below its start); sharpness (top Hessian
+    eigenvalue, Lanczos) at the checkpoints through warmup."""
     m = r.metrics[r.metrics.split == "train"].sort_values("iteration")
     rows = []
     for _, p in r.points.iterrows():
         part = m[m.trial_id == p.trial_id]
-        state = r.state(p.trial_id)
-        rows.append({"optimizer": p.get("optim.name", "sgd"), "eta_trgt": p["optim.lr"], "warmup": p["warmup.length"],
-                     "state": state, "loss_start": part.loss.iloc[0], "loss_end": part.loss.iloc[-1],
-                     "stable": state == "done" and part.loss.iloc[-1] < part.loss.iloc[0]})
+        state = r.status(p.trial_id)
+        rows.append({"trial_id": p.trial_id, "optimizer": p.get("optim.name", r.config(p.trial_id)["optim"]["name"]),
+                     "eta_trgt": p["optim.lr"], "warmup": p["warmup.length"],
+                     "start": "catapult" if p.get("warmup.eta_init") == "catapult" else "0",
+                     "eta_init": float(state.get("eta_init", 0.0)), "state": state.get("state", "pending"),
+                     "loss_start": part.loss.iloc[0], "loss_end": part.loss.iloc[-1],
+                     "stable": state.get("state") == "done" and part.loss.iloc[-1] < part.loss.iloc[0]})
     grid = r.table("stability", pd.DataFrame(rows))
-    best = r.table("largest_stable", grid[grid.stable].groupby(["optimizer", "warmup"]).eta_trgt.max().reset_index())
-    plots.lines(best, "warmup", "eta_trgt", r.figure("largest_stable_lr"), by=["optimizer"], logy=True,
-                title="largest stable eta_trgt per warmup length")
-    r.say("## Stability grid", "", grid.to_markdown(index=False, floatfmt=".4g"), "",
+    keys = ["optimizer", "start", "warmup"]
+    best = r.table("largest_stable", grid[grid.stable].groupby(keys).eta_trgt.max().reset_index())
+    plots.lines(best, "warmup", "eta_trgt", r.figure("largest_stable_lr"), by=["optimizer", "start"], logy=True,
+                title="largest stable eta_trgt per warmup length (warmup from 0 or from the catapult LR)")
+    r.say("## Stability grid", "", grid.drop(columns="trial_id").to_markdown(index=False, floatfmt=".4g"), "",
           "## Largest stable eta_trgt per warmup length", "", best.to_markdown(index=False, floatfmt=".4g"), "")
-    ckpts = [r.ckpt(p.trial_id, f"iter={i:06d}.pt") for _, p in r.points.iterrows() for i in r.iter_ckpts(p.trial_id)]
+    ckpts, inits, same_init = [], {}, {}  # iteration 0 is the same weights for the same seed and model
+    for tid in r.points.trial_id:
+        cfg = r.config(tid)
+        init = inits.setdefault(json.dumps([cfg["seed"], cfg["model"]], sort_keys=True), tid)
+        same_init[tid] = init
+        ckpts += [r.ckpt(tid, f"iter={i:06d}.pt") for i in r.iter_ckpts(tid) if i > 0 or init == tid]
     analyze("sharpness", *ckpts, "--iters", iters, "--train-images", images, "--out", r.dir)
     sharp = rows_of(r, "sharpness", ids_of(*ckpts), method="lanczos", iters=iters, images=images)
-    sharp = sharp.assign(trial_id=sharp.ckpts.str.split("/").str[0]).merge(
-        r.points.rename(columns={"optim.lr": "eta_trgt", "warmup.length": "warmup"}), on="trial_id")
-    sharp = r.table("sharpness", sharp[["trial_id", "eta_trgt", "warmup", "iteration", "top_eigenvalue"]]
-                    .sort_values(["eta_trgt", "warmup", "iteration"]))
-    plots.lines(sharp, "iteration", "top_eigenvalue", r.figure("sharpness"), by=["eta_trgt", "warmup"], logy=True,
-                title="top Hessian eigenvalue through warmup (eta_trgt, T_wrm)")
+    sharp = sharp.assign(trial_id=sharp.ckpts.str.split("/").str[0])
+    at0 = sharp[sharp.iteration == 0].set_index("trial_id")
+    sharp = pd.concat([sharp[sharp.iteration > 0]] + [at0.loc[[init]].reset_index().assign(trial_id=tid)
+                                                      for tid, init in same_init.items() if init in at0.index])
+    sharp = sharp.merge(grid[["trial_id", *keys, "eta_trgt"]], on="trial_id")
+    sharp = r.table("sharpness", sharp[["trial_id", *keys, "eta_trgt", "iteration", "top_eigenvalue"]]
+                    .sort_values([*keys, "eta_trgt", "iteration"]))
+    plots.lines(sharp, "iteration", "top_eigenvalue", r.figure("sharpness"), by=[*keys, "eta_trgt"], logy=True,
+                title="top Hessian eigenvalue through warmup (optimizer, start, T_wrm, eta_trgt)")
     r.say("## Sharpness (top Hessian eigenvalue) through warmup", "",
-          sharp.pivot_table(index=["eta_trgt", "warmup"], columns="iteration", values="top_eigenvalue")
+          sharp.pivot_table(index=[*keys, "eta_trgt"], columns="iteration", values="top_eigenvalue")
           .to_markdown(floatfmt=".3g"), "")
 
 
@@ -422,13 +448,28 @@ STUDIES: dict[str, Callable[[Report], None]] = {
     "s6": report_warmup_stability, "s7": report_cosine_budget, "quickstart": report_warmup}
 
 
-def report(run_dir: str | Path, study: str | None = None) -> Path:
-    """Run the study's report on a sweep folder; the study defaults to the sweep name's prefix (s1..s7)."""
+# `heurbench report` options that scale a study's analyses; each study takes the ones in its signature.
+SIZES = {"images": "train/test images per evaluation (curves, planes, SWA, sharpness, frequency)",
+         "inputs": "inputs per CCA", "t_points": "points along each curve/segment", "grid": "plane grid per axis",
+         "curve_epochs": "curve training epochs at which to evaluate (the last is the training length)",
+         "iters": "Lanczos iterations"}
+
+
+def report(run_dir: str | Path, study: str | None = None, **sizes) -> Path:
+    """Run the study's report on a sweep folder; the study defaults to the sweep name's prefix (s1..s7).
+    `sizes` (see SIZES) override the study's defaults, which are set for the reduced sweeps."""
+    import inspect
+
     r = Report(run_dir)
     key = study or next((k for k in STUDIES if r.name == k or r.name.startswith(k + "_")), None)
     if key not in STUDIES:
-        raise ValueError(f"no report for sweep {r.name!r}; expected a study in {sorted(STUDIES)} (--study)")
-    STUDIES[key](r)
+        raise ConfigError(f"no report for sweep {r.name!r}; expected a study in {sorted(STUDIES)} (--study)")
+    takes = set(inspect.signature(STUDIES[key]).parameters) - {"r"}
+    unused = sorted(k for k, v in sizes.items() if v is not None and k not in takes)
+    if unused:
+        raise ConfigError(f"--{unused[0].replace('_', '-')}: not used by the {key} report (it takes: "
+                         f"{', '.join('--' + k.replace('_', '-') for k in sorted(takes)) or 'none'})")
+    STUDIES[key](r, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in sizes.items() if v is not None})
     out = r.finish()
     log.info("report: %s (%d figures)", out, len(r.figures))
     return out
@@ -438,4 +479,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser("report", help="run a study's analyses on a sweep's checkpoints; figures + tables + report.md")
     p.add_argument("run_dir", help="runs/<sweep>")
     p.add_argument("--study", help=f"one of {sorted(STUDIES)} (default: from the sweep name)")
-    p.set_defaults(func=lambda a: print(report(a.run_dir, a.study)) or 0)
+    for k, text in SIZES.items():
+        p.add_argument("--" + k.replace("_", "-"), type=int, nargs="+" if k == "curve_epochs" else None,
+                       help=text + " (default: the study's, sized for the reduced sweeps)")
+
+    def run(a) -> int:
+        print(report(a.run_dir, a.study, **{k: getattr(a, k) for k in SIZES}))
+        return 0
+
+    p.set_defaults(func=run)

@@ -7,8 +7,9 @@ Plain recipe: torchvision Dataset + DataLoader workers + CPU transforms, fp32.
 heurbench: `harness.train.run_trial` itself (GPU-resident uint8 data, augmentation on
 the device, bf16 autocast + channels_last + torch.compile on CUDA); its images/s is read
 from the step rows it writes to Parquet, so the number is the real loop's.
-Packing: N bs-100 trials at once as N processes sharing the device (what Ray Tune does
-with fractional GPUs) vs one at a time. Prints a table and writes it as CSV.
+Packing: N bs-100 trials one at a time, as N processes sharing the device (what Ray Tune does
+with fractional GPUs) and stacked in one process (`resources.pack`, harness/pack.py); aggregate
+images/s. Prints a table and writes it as CSV.
 """
 from __future__ import annotations
 
@@ -103,15 +104,12 @@ def plain_recipe(name: str, batch: int, iters: int, device: torch.device, worker
     return (iters - warm) * batch / (time.perf_counter() - t0)
 
 
-def heurbench_trial(name: str, batch: int, iters: int, device: torch.device, out: str, seed: int = 0) -> dict:
-    """Run the real trial loop; steady-state images/s from its step rows, peak memory."""
-    import pandas as pd
-
+def bench_cfg(name: str, batch: int, iters: int, device: torch.device, seed: int = 0, compile_: bool = True):
+    """heurbench's fast path for this device: bf16 + channels_last + torch.compile (CUDA graphs at small batch)."""
     from harness.config import parse_trial
-    from harness.train import run_trial
 
     cuda = device.type == "cuda"
-    cfg = parse_trial({
+    return parse_trial({
         "name": f"bench-{name}-{batch}", "seed": seed, "model": {"name": name},
         "data": {"name": "parquet", "root": str(CIFAR), "train_subset": max(batch * 4, 5000), "test_subset": 1000,
                  "batch_size": batch},
@@ -120,15 +118,29 @@ def heurbench_trial(name: str, batch: int, iters: int, device: torch.device, out
         "eval": {"every": iters, "unit": "iteration", "train_stride": max(1, iters // 10), "log_every": iters},
         "checkpoints": {"iterations": [], "final": False},
         "perf": {"device": device.type, "bf16": cuda, "channels_last": cuda,
-                 "compile": "reduce-overhead" if cuda and batch <= 512 else ("default" if cuda else False)},
+                 "compile": ("reduce-overhead" if batch <= 512 else "default") if cuda and compile_ else False},
     })
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    run_trial(cfg, out)
+
+
+def steady_rate(out: str, iters: int) -> float:
+    """Median per-trial images/s of the step rows after the first quarter (compilation, warm-up)."""
+    import pandas as pd
+
     df = pd.read_parquet(Path(out) / "metrics")
     steady = df[(df.kind == "step") & (df.iteration > iters // 4)]
+    return float(steady.groupby("trial_id").images_per_s.median().sum())
+
+
+def heurbench_trial(name: str, batch: int, iters: int, device: torch.device, out: str, seed: int = 0) -> dict:
+    """Run the real trial loop; steady-state images/s from its step rows, peak memory."""
+    from harness.train import run_trial
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    run_trial(bench_cfg(name, batch, iters, device, seed), out)
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    return {"images_per_s": float(steady.images_per_s.median()), "peak_mem_gib": mem}
+    return {"images_per_s": steady_rate(out, iters), "peak_mem_gib": mem}
 
 
 def _packed_worker(args):
@@ -136,20 +148,26 @@ def _packed_worker(args):
     return heurbench_trial(name, 100, iters, torch.device(device), out, seed)["images_per_s"]
 
 
-def packed(name: str, n: int, iters: int, device: torch.device) -> tuple[float, float]:
-    """Aggregate images/s of n bs-100 trials sharing the device vs the same trials one at a time."""
+def packed(name: str, n: int, iters: int, device: torch.device) -> dict[str, float]:
+    """Aggregate images/s of n bs-100 trials: one at a time, as n processes sharing the device (Ray's
+    fractional GPUs), and stacked in one process (resources.pack: harness/pack.py)."""
+    from harness.pack import run_pack
+
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(name, iters, str(device), f"{tmp}/p{i}", i) for i in range(n)]
         t = time.perf_counter()
         for j in jobs:
             _packed_worker(j)
-        seq = n * iters * 100 / (time.perf_counter() - t)
+        out[f"{n} trials one at a time"] = n * iters * 100 / (time.perf_counter() - t)
         ctx = mp.get_context("spawn")
         t = time.perf_counter()
         with ctx.Pool(n) as pool:
             pool.map(_packed_worker, [(a, b, c, d + "x", e) for a, b, c, d, e in jobs])
-        par = n * iters * 100 / (time.perf_counter() - t)
-    return seq, par
+        out[f"{n} trials as {n} processes"] = n * iters * 100 / (time.perf_counter() - t)
+        run_pack([bench_cfg(name, 100, iters, device, seed=i, compile_=False) for i in range(n)], f"{tmp}/stack")
+        out[f"{n} trials stacked (pack)"] = steady_rate(f"{tmp}/stack", iters)
+    return out
 
 
 def main() -> None:
@@ -186,10 +204,9 @@ def main() -> None:
                           f"{100 * tf / peak:6.2f}% of peak  x{ips / plain:.2f} vs plain  mem {mem:.2f} GiB", flush=True)
     if pack:
         name = "vgg16" if not cpu else models[0]
-        seq, par = packed(name, pack, iters, device)
         single_plain = next((r["images_per_s"] for r in rows if r["model"] == name and r["path"] == "plain"
                              and r["batch"] == 100), float("nan"))
-        for path, v in ((f"{pack} trials one at a time", seq), (f"{pack} trials packed", par)):
+        for path, v in packed(name, pack, iters, device).items():
             rows.append(dict(model=name, batch=100, path=path, images_per_s=v, speedup=v / single_plain))
             print(f"{name:9s} bs   100 {path}: {v:10.0f} img/s aggregate, x{v / single_plain:.2f} vs plain single trial")
     import pandas as pd

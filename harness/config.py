@@ -93,7 +93,16 @@ class ScheduleCfg(Strict):
 class WarmupCfg(Strict):
     length: int = Field(0, ge=0, description="0 = no warmup")
     unit: Unit = "iteration"
-    eta_init: float = Field(0.0, ge=0, description="LR at iteration 0; rises linearly to the schedule")
+    eta_init: Union[Literal["catapult"], float] = Field(
+        0.0, description="LR at iteration 0, rising linearly to the schedule; `catapult`: the smallest LR whose first "
+                         "step raises the loss (harness/catapult.py)")
+
+    @field_validator("eta_init")
+    @classmethod
+    def _non_negative(cls, v):
+        if v != "catapult" and v < 0:
+            raise ValueError("must be >= 0 or 'catapult'")
+        return v
 
 
 class FreezeCfg(Strict):

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -45,6 +45,9 @@ class Resources(Strict):
     gpus_per_trial: float = Field(0, ge=0, description="total GPUs of a trial; a fraction lets trials share a GPU")
     cpus_per_trial: float = Field(1, gt=0, description="total CPUs of a trial")
     workers_per_trial: int = Field(1, ge=1, description="DDP processes of a trial (on one node)")
+    pack: Union[Literal["auto"], Annotated[int, Field(ge=1)]] = Field(
+        1, description="trials trained together in one process as one stack of models (harness/pack.py), sharing "
+                       "the trial's resources; auto: the size a probe on the trial's device measures fastest")
 
     @model_validator(mode="after")
     def _whole_gpus_for_ddp(self):
@@ -52,6 +55,8 @@ class Resources(Strict):
             raise ValueError(f"gpus_per_trial = {self.gpus_per_trial}: above 1 it must be a whole number")
         if self.workers_per_trial > 1 and self.gpus_per_trial and self.gpus_per_trial != self.workers_per_trial:
             raise ValueError("a DDP trial needs gpus_per_trial = workers_per_trial (one GPU per worker) or 0")
+        if self.workers_per_trial > 1 and self.pack != 1:
+            raise ValueError("pack: packed trials run in one process; workers_per_trial must be 1")
         return self
 
 
@@ -212,7 +217,15 @@ def load_sweep(path: str | Path) -> Sweep:
     base = spec.base if spec.base is not None else read_yaml(path.parent / spec.base_file)
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a mapping of trial config keys")
-    return Sweep(spec, path, base, expand(spec, base, str(path)))
+    sweep = Sweep(spec, path, base, expand(spec, base, str(path)))
+    if spec.resources.pack != 1:
+        from harness.pack import packs
+
+        try:
+            packs([p.cfg for p in sweep.points], 2)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: resources.pack = {spec.resources.pack}: {err}") from None
+    return sweep
 
 
 def in_order(path: str | Path, _stack: tuple = ()) -> list[Sweep]:
@@ -230,7 +243,7 @@ def in_order(path: str | Path, _stack: tuple = ()) -> list[Sweep]:
 
 
 def state_of(out: Path, p: Point) -> str:
-    from harness.train import read_status, trial_dir  # torch loads only when something runs
+    from harness.record import read_status, trial_dir  # torch loads only when something runs
 
     return read_status(trial_dir(out, p.cfg)).get("state", "pending")
 
@@ -270,7 +283,8 @@ def run_point(cfg: TrialConfig, out: Path, workers: int = 1) -> str:
 
     An exception marks the trial `failed` (with the reason) before it propagates.
     """
-    from harness.train import read_status, run_trial, trial_dir
+    from harness.record import read_status, trial_dir
+    from harness.train import run_trial
 
     try:
         if workers == 1:
@@ -287,39 +301,55 @@ def run_point(cfg: TrialConfig, out: Path, workers: int = 1) -> str:
         raise
 
 
-def tune_trial(config: dict, points: dict, out: str, workers: int, cwd: str) -> None:
-    """The Tune trainable: run grid point `config['index']` (from the driver's folder) and report its state."""
+def run_job(cfgs: list[TrialConfig], out: Path, workers: int = 1) -> list[str]:
+    """One Tune trial's work: a single point (run_point) or a pack of points trained as one stack."""
+    if len(cfgs) == 1:
+        return [run_point(cfgs[0], out, workers)]
+    from harness.pack import run_pack
+    from harness.record import read_status, trial_dir
+
+    try:
+        return run_pack(cfgs, out, resume=True, sweep=out.name)
+    except Exception as err:
+        for cfg in cfgs:
+            if read_status(trial_dir(out, cfg)).get("state") not in FINISHED:
+                write_json(trial_dir(out, cfg) / "status.json",
+                           {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
+        raise
+
+
+def tune_trial(config: dict, jobs: dict, out: str, workers: int, cwd: str) -> None:
+    """The Tune trainable: run job `config['job']` (its points' configs) from the driver's folder; report states."""
     from ray import tune
 
     os.chdir(cwd)  # Tune starts trials in their own folder; relative data paths mean the driver's
     log_to_stderr()
-    state = run_point(points[config["index"]], Path(out), workers)
-    tune.report({"state": state})
+    states = run_job(jobs[config["job"]], Path(out), workers)
+    tune.report({"states": ",".join(states)})
 
 
-def progress_callback(sweep: Sweep, out: Path, total: int, already: int):
+def progress_callback(sweep: Sweep, out: Path, jobs: dict[int, list[Point]], total: int, already: int):
     """A Tune callback logging one line per finished trial: counts and ETA."""
     from ray import tune
 
     from harness.train import fmt_eta
-
-    ids = {p.index: p for p in sweep.points}
 
     class Progress(tune.Callback):
         def __init__(self):
             self.t0, self.finished, self.states = time.time(), 0, {}
 
         def _log(self, trial, failed: bool) -> None:
-            p = ids[trial.config["index"]]
-            state = "failed" if failed else state_of(out, p)
-            self.finished += 1
-            self.states[state] = self.states.get(state, 0) + 1
-            elapsed = time.time() - self.t0
-            left = total - already - self.finished
-            counts = ", ".join(f"{n} {s}" for s, n in sorted(self.states.items()))
-            log.info("sweep %s: trial %s (point %d) %s | %d/%d finished (%s) | %s elapsed, ETA %s", sweep.name,
-                     p.trial_id, p.index, state, already + self.finished, total, counts, fmt_eta(elapsed),
-                     fmt_eta(elapsed / self.finished * left))
+            for p in jobs[trial.config["job"]]:
+                state = state_of(out, p)
+                state = "failed" if failed and state not in FINISHED else state
+                self.finished += 1
+                self.states[state] = self.states.get(state, 0) + 1
+                elapsed = time.time() - self.t0
+                left = total - already - self.finished
+                counts = ", ".join(f"{n} {s}" for s, n in sorted(self.states.items()))
+                log.info("sweep %s: trial %s (point %d) %s | %d/%d finished (%s) | %s elapsed, ETA %s", sweep.name,
+                         p.trial_id, p.index, state, already + self.finished, total, counts, fmt_eta(elapsed),
+                         fmt_eta(elapsed / self.finished * left))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._log(trial, failed=False)
@@ -328,6 +358,22 @@ def progress_callback(sweep: Sweep, out: Path, total: int, already: int):
             self._log(trial, failed=True)
 
     return Progress()
+
+
+def pack_size(sweep: Sweep, todo: list[Point]) -> int:
+    """resources.pack, or for `auto` the probe's choice, measured in a Ray task holding one trial's resources."""
+    r = sweep.spec.resources
+    if r.pack != "auto":
+        return r.pack
+    import ray
+
+    from harness.pack import probe
+
+    task = ray.remote(num_cpus=r.cpus_per_trial, num_gpus=min(1.0, r.gpus_per_trial))(probe)
+    size, rows = ray.get(task.remote(todo[0].cfg))
+    log.info("sweep %s: pack probe %s -> pack %d", sweep.name,
+             ", ".join(f"{row['pack']}: {row['images_per_s']:.0f} img/s" for row in rows), size)
+    return size
 
 
 def run_sweep(sweep: Sweep, out_root: Path, address: Optional[str] = None, num_cpus: Optional[int] = None,
@@ -348,15 +394,22 @@ def run_sweep(sweep: Sweep, out_root: Path, address: Optional[str] = None, num_c
                      num_gpus=None if address else num_gpus,
                      include_dashboard=False, log_to_driver=True, configure_logging=False)
         r = sweep.spec.resources
+        size = pack_size(sweep, todo)
+        if size == 1:
+            jobs = {j: [p] for j, p in enumerate(todo)}
+        else:
+            from harness.pack import packs
+
+            jobs = {j: [todo[i] for i in idx] for j, idx in enumerate(packs([p.cfg for p in todo], size))}
         trainable = tune.with_resources(
-            partial(tune_trial, points={p.index: p.cfg for p in todo}, out=str(out), workers=r.workers_per_trial,
-                    cwd=os.getcwd()),
+            partial(tune_trial, jobs={j: [p.cfg for p in ps] for j, ps in jobs.items()}, out=str(out),
+                    workers=r.workers_per_trial, cwd=os.getcwd()),
             {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
         tuner = tune.Tuner(
-            trainable, param_space={"index": tune.grid_search([p.index for p in todo])},
+            trainable, param_space={"job": tune.grid_search(list(jobs))},
             run_config=tune.RunConfig(
                 name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(out / ".tune"), verbose=0,
-                callbacks=[progress_callback(sweep, out, len(sweep.points), len(sweep.points) - len(todo))]))
+                callbacks=[progress_callback(sweep, out, jobs, len(sweep.points), len(sweep.points) - len(todo))]))
         tuner.fit()
     counts: dict[str, int] = {}
     for p in sweep.points:

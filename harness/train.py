@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -17,32 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import checkpoints, data as data_mod, distributed, optim, schedules
-from harness.config import ConfigError, TrialConfig, dump
+from harness.catapult import catapult_lr
+from harness.config import ConfigError, TrialConfig
 from harness.distill import kd_loss, load_teacher
 from harness.freeze import Freezer
-from harness.metrics import MetricsWriter
 from harness.models import build
+from harness.record import TrialRecord
 from harness.refs import resolve
-from harness.storage import write_json, write_text
 
 log = logging.getLogger("heurbench.train")
 NAN = float("nan")
-
-
-def trial_dir(out: Path, cfg: TrialConfig) -> Path:
-    return Path(out) / "trials" / cfg.trial_id()
-
-
-def read_status(tdir: Path) -> dict:
-    import json
-
-    p = tdir / "status.json"
-    return json.loads(p.read_text()) if p.exists() else {}
-
-
-def tag_value(v):
-    """Numeric tags as float so every trial's Parquet part shares one schema."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
 def model_spec(cfg: TrialConfig, ds: data_mod.Dataset) -> dict:
@@ -80,6 +63,26 @@ def fmt_eta(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def steps(cfg: TrialConfig, n_train: int) -> tuple[int, int]:
+    """(iterations per epoch, total iterations) of a trial on `n_train` images."""
+    spe = n_train // cfg.data.batch_size
+    if spe == 0:
+        raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: larger than the {n_train} train images")
+    return spe, cfg.budget.iterations or cfg.budget.epochs * spe
+
+
+def autocast(cfg: TrialConfig, device: torch.device):
+    """bf16 autocast on CUDA when perf.bf16, else a no-op context."""
+    if device.type == "cuda" and cfg.perf.bf16:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def progress(tid: str, it: int, total: int, spe: int, loss: float, lr: float, rate: float, batch: int) -> None:
+    log.info("trial %s it %d/%d ep %.2f loss %.4f lr %.4g | %.0f img/s | ETA %s", tid, it, total, it / spe, loss, lr,
+             rate, fmt_eta((total - it) * batch / max(rate, 1e-9)))
+
+
 def run_trial(cfg: TrialConfig, out: str | Path, resume: bool = False, sweep: str = "") -> str:
     """Train one trial into `out` (runs/<sweep>/ layout); returns the final status."""
     out = Path(out)
@@ -91,96 +94,66 @@ def run_trial(cfg: TrialConfig, out: str | Path, resume: bool = False, sweep: st
 
 
 def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.Dist, device: torch.device) -> str:
-    tid = cfg.trial_id()
-    tdir = out / "trials" / tid
-    ckpt_dir = tdir / "ckpt"
-    status = read_status(tdir)
-    if resume and status.get("state") in ("done", "diverged"):
-        log.info("trial %s already %s; skipping", tid, status["state"])
-        return status["state"]
-
     torch.manual_seed(cfg.seed)
     ds = data_mod.load(cfg.data).to(device)
     B = cfg.data.batch_size
     if B % d.world:
         raise ConfigError(f"data.batch_size = {B}: must be divisible by the {d.world} DDP ranks")
-    spe = len(ds.train) // B
-    if spe == 0:
-        raise ConfigError(f"data.batch_size = {B}: larger than the {len(ds.train)} train images")
-    total = cfg.budget.iterations or cfg.budget.epochs * spe
-
+    spe, total = steps(cfg, len(ds.train))
     spec = model_spec(cfg, ds)
+    rec = TrialRecord(cfg, out, sweep, spec, spe, total, d.world, d.main)
+    if resume and rec.finished():
+        log.info("trial %s already %s; skipping", rec.tid, rec.finished())
+        return rec.finished()
+
     model = build(spec).to(device)
     if cfg.model.init_from:
         model.load_state_dict(checkpoints.load(resolve(cfg.model.init_from, out), device)["model"])
     if cfg.perf.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = optim.build(cfg.optim, model)
-    lr_at = schedules.build(cfg.schedule, cfg.warmup, cfg.optim.lr, spe, total)
     freezer = Freezer(cfg.freeze, model, spe)
     teacher = load_teacher(cfg.distill, out, device) if cfg.distill else None
 
-    start, parts, elapsed = 0, 0, 0.0
-    last = ckpt_dir / "last.pt"
-    if resume and last.exists():
-        ck = checkpoints.load(last, device)
+    ck = rec.resume_from(device) if resume else None
+    if ck:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         checkpoints.set_rng_state(ck["rng"])
-        start, parts, elapsed = ck["iteration"], ck["parts"], ck["elapsed"]
-        log.info("trial %s resuming at iteration %d/%d", tid, start, total)
-    elif d.main and tdir.exists():
-        shutil.rmtree(tdir)  # a fresh (non-resumed) run replaces any earlier one
-
-    base = {"sweep": sweep, "trial_id": tid, **{k: tag_value(v) for k, v in cfg.tags.items()},
-            "seed": cfg.seed, "world_size": d.world}
-    writer = MetricsWriter(out / "metrics", tid, base, parts, enabled=d.main)
-    if d.main:
-        write_text(tdir / "config.yaml", dump(cfg))
-        write_json(tdir / "status.json", {"state": "running", "iteration": start, "total": total})
+        eta_init = ck.get("eta_init", 0.0)
+        log.info("trial %s resuming at iteration %d/%d", rec.tid, ck["iteration"], total)
+    else:
+        eta_init = cfg.warmup.eta_init
+        if eta_init == "catapult":  # every rank probes the same global batch, so all agree
+            x, y = data_mod.train_batch(ds, data_mod.epoch_order(len(ds.train), cfg.seed, 0), 0, 0, B, cfg.seed,
+                                        cfg.data.augment, 0, 1)
+            eta_init = catapult_lr(model, cfg.optim, x, y, cfg.optim.lr)
+    rec.open(ck, eta_init)
+    lr_at = schedules.build(cfg.schedule, cfg.warmup.model_copy(update={"eta_init": eta_init}), cfg.optim.lr, spe,
+                            total)
 
     net = model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.perf.compile:
         net = torch.compile(net, mode=cfg.perf.compile)
-    cuda = device.type == "cuda"
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.perf.bf16) else contextlib.nullcontext
+    amp = autocast(cfg, device)
     mem = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
-
-    ck_iters = set(cfg.checkpoints.iterations)
-    ck_epochs = {e * spe: e for e in cfg.checkpoints.epochs}
     eval_every = cfg.eval.every * (spe if cfg.eval.unit == "epoch" else 1)
-    ckpt_common = {"model_spec": spec, "data_spec": cfg.data.model_dump(mode="json"), "trial_id": tid,
-                   "config": cfg.model_dump(mode="json")}
-
-    def save_named(it: int) -> None:
-        if not d.main:
-            return
-        names = ([checkpoints.name_for(it)] if it in ck_iters or (it == total and cfg.checkpoints.final) else [])
-        names += [checkpoints.name_for(it, ck_epochs[it])] if it in ck_epochs else []
-        for name in names:
-            checkpoints.save(ckpt_dir / name, model=model.state_dict(), iteration=it, epoch=it / spe, **ckpt_common)
-
-    def finish(state: str, **extra) -> str:
-        writer.flush()
-        if d.main:
-            write_json(tdir / "status.json", {"state": state, "iteration": it, "total": total, **extra})
-        return state
 
     n_train = len(ds.train)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count since the last eval
     bad_at = torch.full((), -1, dtype=torch.long, device=device)  # first iteration with a non-finite loss
-    t_mark, it_mark = time.perf_counter(), start
-    t_start = time.perf_counter() - elapsed
-    it = start
-    order = data_mod.epoch_order(n_train, cfg.seed, start // spe)
+    it = rec.iteration
+    t_mark, it_mark = time.perf_counter(), it
+    t_start = time.perf_counter() - (ck["elapsed"] if ck else 0.0)
+    order = data_mod.epoch_order(n_train, cfg.seed, it // spe)
     net.train()
     while it < total:
         epoch, step = divmod(it, spe)
         if step == 0:
             order = data_mod.epoch_order(n_train, cfg.seed, epoch)
-        save_named(it)
+        rec.save_named(it, model.state_dict)
         lr = lr_at(it)
         optim.set_lr(opt, lr)
         x, y = data_mod.train_batch(ds, order, step, it, B, cfg.seed, cfg.data.augment, d.rank, d.world)
@@ -208,36 +181,29 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
         if log_row or it % cfg.eval.log_every == 0 or it % eval_every == 0 or it == total:
             bad = distributed.first_flagged(bad_at, d)
             if bad >= 0:
-                log.warning("trial %s diverged: non-finite loss at iteration %d", tid, bad)
-                return finish("diverged", diverged_at=bad, reason=f"non-finite loss at iteration {bad}")
+                log.warning("trial %s diverged: non-finite loss at iteration %d", rec.tid, bad)
+                return rec.finish(it, "diverged", diverged_at=bad, reason=f"non-finite loss at iteration {bad}")
         now = time.perf_counter()
+        rate = (it - it_mark) * B / max(now - t_mark, 1e-9)
         if log_row:
-            rate = (it - it_mark) * B / max(now - t_mark, 1e-9)
             loss_g = distributed.all_reduce_sum(ld.clone().float(), d).item() / d.world
-            writer.add(kind="step", split="train", epoch=(it - 1) / spe, iteration=it - 1, lr=lr, loss=loss_g,
-                       accuracy=NAN, grad_norm=grad_norm, weight_norm=global_norm(model.parameters()),
-                       wall_time=now - t_start, images_per_s=rate)
+            rec.add(kind="step", split="train", epoch=(it - 1) / spe, iteration=it - 1, lr=lr, loss=loss_g,
+                    accuracy=NAN, grad_norm=grad_norm, weight_norm=global_norm(model.parameters()),
+                    wall_time=now - t_start, images_per_s=rate)
         if it % cfg.eval.log_every == 0 and d.main:
-            rate = (it - it_mark) * B / max(now - t_mark, 1e-9)
-            log.info("trial %s it %d/%d ep %.2f loss %.4f lr %.4g | %.0f img/s | ETA %s", tid, it, total, it / spe,
-                     ld.item(), lr, rate, fmt_eta((total - it) * B / max(rate, 1e-9)))
+            progress(rec.tid, it, total, spe, ld.item(), lr, rate, B)
         if it % eval_every == 0 or it == total:
             distributed.all_reduce_sum(sums, d)
             row = dict(epoch=it / spe, iteration=it, lr=lr, grad_norm=NAN, weight_norm=global_norm(model.parameters()),
-                       wall_time=now - t_start, images_per_s=(it - it_mark) * B / max(now - t_mark, 1e-9))
-            writer.add(kind="eval", split="train", loss=(sums[0] / sums[2]).item(), accuracy=(sums[1] / sums[2]).item(),
-                       **row)
+                       wall_time=now - t_start, images_per_s=rate)
+            rec.add(kind="eval", split="train", loss=(sums[0] / sums[2]).item(), accuracy=(sums[1] / sums[2]).item(),
+                    **row)
             sums.zero_()
             for split_name, split in (("val", ds.val), ("test", ds.test)):
                 if split is not None:
                     loss_v, acc_v = evaluate(model, ds, split, cfg.data.eval_batch_size, d, amp)
-                    writer.add(kind="eval", split=split_name, loss=loss_v, accuracy=acc_v, **row)
-            parts = writer.flush()
-            if d.main:
-                checkpoints.save(last, model=model.state_dict(), optimizer=opt.state_dict(), rng=checkpoints.rng_state(),
-                                 iteration=it, epoch=it / spe, parts=parts, elapsed=time.perf_counter() - t_start,
-                                 **ckpt_common)
-                write_json(tdir / "status.json", {"state": "running", "iteration": it, "total": total})
+                    rec.add(kind="eval", split=split_name, loss=loss_v, accuracy=acc_v, **row)
+            rec.save_last(it, model.state_dict(), opt.state_dict(), time.perf_counter() - t_start)
             t_mark, it_mark = time.perf_counter(), it
-    save_named(it)
-    return finish("done")
+    rec.save_named(it, model.state_dict)
+    return rec.finish(it, "done")

@@ -29,3 +29,39 @@ def test_reduced_sweep_is_named_for_its_study(path):
 def test_every_study_has_a_reduced_sweep():
     prefixes = {p.name.split("_")[0] for p in (SWEEPS / "reduced").glob("*.yaml")}
     assert prefixes == {f"s{i}" for i in range(1, 8)}
+
+
+@pytest.fixture
+def s7_folder(trial_dict, tmp_path):
+    """A one-trial S7-style sweep folder, trained here without Ray (write_resolved is what run_sweep writes)."""
+    import yaml
+
+    from harness.sweep import load_sweep, write_resolved
+    from harness.train import run_trial
+
+    path = tmp_path / "s7_tiny.yaml"
+    path.write_text(yaml.safe_dump({"name": "s7_tiny", "base": trial_dict, "grid": {"schedule.name": ["cosine"]}}))
+    sweep = load_sweep(path)
+    out = tmp_path / "runs" / "s7_tiny"
+    for p in sweep.points:
+        assert run_trial(p.cfg, out) == "done"
+    write_resolved(sweep, out)
+    return out
+
+
+def test_report_option_a_study_does_not_take_is_one_line_error(s7_folder, capsys):
+    from harness.cli import main
+
+    assert main(["report", str(s7_folder), "--grid", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "heurbench: error: --grid: not used by the s7 report (it takes: --images)"
+    assert not (s7_folder / "report.md").exists()
+
+
+def test_report_options_reach_the_study(s7_folder, monkeypatch):
+    from analysis import report as report_mod
+
+    seen = {}
+    monkeypatch.setitem(report_mod.STUDIES, "s7", lambda r, images=200: seen.update(images=images))
+    report_mod.report(s7_folder, images=37)
+    assert seen == {"images": 37} and (s7_folder / "report.md").is_file()

@@ -210,3 +210,21 @@ def test_sweep_parts_share_one_schema_when_overrides_set_sections(trial_dict, tm
         run_point(p.cfg, tmp_path / "runs" / "schema")
     df = pd.read_parquet(tmp_path / "runs" / "schema" / "metrics")
     assert sorted(df["warmup"].unique()) == ["none", '{"length": 4}']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pack", [2, "auto"])
+def test_packed_sweep_trains_points_together_and_records_each(trial_dict, tmp_path, ray_address, pack):
+    path = write_sweep(tmp_path, trial_dict, grid={"optim.lr": [0.01, 0.02]}, seeds=[0, 1],
+                       resources={"pack": pack, "cpus_per_trial": 1})
+    r = subprocess.run(sweep_cmd(path, tmp_path / "runs", ray_address), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "4/4 finished" in r.stderr
+    if pack == 2:
+        assert r.stderr.count("pack[2]") >= 2  # both packs logged progress
+    else:
+        assert "pack probe 1:" in r.stderr
+    out = tmp_path / "runs" / "s"
+    assert {s["state"] for s in statuses(out).values()} == {"done"} and len(statuses(out)) == 4
+    df = pd.read_parquet(out / "metrics")
+    assert not df.duplicated(ROW_KEY).any() and df.trial_id.nunique() == 4
