@@ -45,15 +45,17 @@ def lines(df: pd.DataFrame, x: str, y: str, path: str | Path, by: Sequence[str] 
     """One line per combination of the `by` columns: per-layer diagonals, curve vs segment along t,
     metric vs epoch, accuracy per frequency variant (categorical x is plotted in row order)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, part in (df.groupby(list(by), sort=False) if by else [((), df)]):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for n, (key, part) in enumerate(df.groupby(list(by), sort=False) if by else [((), df)]):
         label = ", ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        ax.plot(part[x].astype(str) if part[x].dtype == object else part[x], part[y], marker=".", label=label or None)
-    ax.set(xlabel=x, ylabel=y, title=title)
+        ax.plot(part[x].astype(str) if part[x].dtype == object else part[x], part[y], marker=".", label=label or None,
+                linestyle=("-", "--", ":", "-.")[n // 10 % 4])  # colours repeat after 10 lines; styles tell them apart
+    ax.set(xlabel=x, ylabel=y)
+    ax.set_title(title, fontsize=9)
     if logy:
         ax.set_yscale("log")
     if by:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, title=", ".join(by), title_fontsize=7)
     return _save(fig, path)
 
 

@@ -224,7 +224,7 @@ def report_connectivity(r: Report, curve_epochs: tuple[int, ...] = (1, 2), image
             curve_epochs, images, t_points)
 
 
-def report_sgdr(r: Report, curve_epochs: tuple[int, ...] = (2,), images: int = 100, t_points: int = 3,
+def report_sgdr(r: Report, curve_epochs: tuple[int, ...] = (2,), images: int = 100, t_points: int = 5,
                 grid: int = 5, inputs: int = 200) -> None:
     """S2 (closer look, sec. 3, appendix 8-9): curves vs segments between iterates W_k, the plane through
     W70, W150 and their bend (other iterates projected), SVCCA of W10 vs W150 and W150 vs W155 (SGDR)."""
@@ -395,7 +395,7 @@ def report_warmup_stability(r: Report, images: int = 100, iters: int = 5) -> Non
     keys = ["optimizer", "start", "warmup"]
     best = r.table("largest_stable", grid[grid.stable].groupby(keys).eta_trgt.max().reset_index())
     plots.lines(best, "warmup", "eta_trgt", r.figure("largest_stable_lr"), by=["optimizer", "start"], logy=True,
-                title="largest stable eta_trgt per warmup length (warmup from 0 or from the catapult LR)")
+                title="largest stable eta_trgt per warmup length (start: 0 or the catapult LR)")
     r.say("## Stability grid", "", grid.drop(columns="trial_id").to_markdown(index=False, floatfmt=".4g"), "",
           "## Largest stable eta_trgt per warmup length", "", best.to_markdown(index=False, floatfmt=".4g"), "")
     ckpts, inits, same_init = [], {}, {}  # iteration 0 is the same weights for the same seed and model
@@ -414,7 +414,7 @@ def report_warmup_stability(r: Report, images: int = 100, iters: int = 5) -> Non
     sharp = r.table("sharpness", sharp[["trial_id", *keys, "eta_trgt", "iteration", "top_eigenvalue"]]
                     .sort_values([*keys, "eta_trgt", "iteration"]))
     plots.lines(sharp, "iteration", "top_eigenvalue", r.figure("sharpness"), by=[*keys, "eta_trgt"], logy=True,
-                title="top Hessian eigenvalue through warmup (optimizer, start, T_wrm, eta_trgt)")
+                title="top Hessian eigenvalue through warmup")
     r.say("## Sharpness (top Hessian eigenvalue) through warmup", "",
           sharp.pivot_table(index=[*keys, "eta_trgt"], columns="iteration", values="top_eigenvalue")
           .to_markdown(floatfmt=".3g"), "")
