@@ -126,6 +126,9 @@ def submit_array(sweeps: list[Sweep], out_root: Path, args) -> list[str]:
             log.info("sweep %s: all %d trials finished; nothing to submit", s.name, len(s.points))
             continue
         r = s.spec.resources
+        if r.pack != 1:
+            log.warning("sweep %s: resources.pack = %s applies in --mode ray; each array task runs one trial",
+                        s.name, r.pack)
         if r.workers_per_trial % args.nodes:
             raise ConfigError(f"{s.source}: resources.workers_per_trial = {r.workers_per_trial}: "
                               f"not divisible by --nodes {args.nodes}")
