@@ -17,29 +17,30 @@ def final_accuracy(trial_dict, out, perf):
     return df[(df.kind == "eval") & (df.split == "test")].accuracy.iloc[-1]
 
 
-def test_fast_path_reaches_plain_accuracy(trial_dict, tmp_path):
+@pytest.fixture
+def vgg_run(trial_dict):
+    """VGG-11-BN (width 1/2), 4 epochs of 10,000 real CIFAR-10 images: long enough for ~50% test accuracy."""
     trial_dict["model"] = {"name": "vgg11", "bn": True, "width": 0.5}
     trial_dict["data"].update(train_subset=10000, test_subset=2000, batch_size=100, eval_batch_size=1000)
     trial_dict["budget"] = {"epochs": 4}
     trial_dict["optim"] = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
     trial_dict["eval"] = {"every": 1, "unit": "epoch"}
-    plain = final_accuracy(trial_dict, tmp_path / "plain", {})
-    fast = final_accuracy(trial_dict, tmp_path / "fast", {"bf16": True, "channels_last": True, "compile": "default"})
+    return trial_dict
+
+
+def test_fast_path_reaches_plain_accuracy(vgg_run, tmp_path):
+    plain = final_accuracy(vgg_run, tmp_path / "plain", {})
+    fast = final_accuracy(vgg_run, tmp_path / "fast", {"bf16": True, "channels_last": True, "compile": "default"})
     assert plain > 0.4
     assert abs(fast - plain) < 0.04, (plain, fast)
 
 
-def test_packed_bf16_stack_reaches_single_fp32_accuracy(trial_dict, tmp_path):
+def test_packed_bf16_stack_reaches_single_fp32_accuracy(vgg_run, tmp_path):
     """Four seeds stacked in one process (bf16, channels_last) vs the first seed alone in fp32."""
     from harness.pack import run_pack
 
-    trial_dict["model"] = {"name": "vgg11", "bn": True, "width": 0.5}
-    trial_dict["data"].update(train_subset=10000, test_subset=2000, batch_size=100, eval_batch_size=1000)
-    trial_dict["budget"] = {"epochs": 4}
-    trial_dict["optim"] = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
-    trial_dict["eval"] = {"every": 1, "unit": "epoch"}
-    plain = final_accuracy(trial_dict, tmp_path / "plain", {})
-    fast = {**trial_dict, "perf": {"device": "cuda", "bf16": True, "channels_last": True}}
+    plain = final_accuracy(vgg_run, tmp_path / "plain", {})
+    fast = {**vgg_run, "perf": {"device": "cuda", "bf16": True, "channels_last": True}}
     cfgs = [parse_trial({**fast, "seed": s}) for s in range(4)]
     assert run_pack(cfgs, tmp_path / "packed") == ["done"] * 4
     df = pd.read_parquet(tmp_path / "packed" / "metrics")
