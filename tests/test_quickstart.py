@@ -1,0 +1,26 @@
+"""The README's main job, `heurbench quickstart`, end to end as a user runs it: offline digits data, a real
+local Ray cluster, the S3 report; its printed pandas one-liner must run."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quickstart_runs_sweep_and_report_and_its_one_liner_works(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "quickstart", "--out", str(tmp_path), "--num-cpus", "2"],
+                       capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "quickstart"
+    assert "quickstart finished" in r.stdout and str(run / "report.md") in r.stdout
+    assert {p.name for p in (run / "figures").glob("*.png")} >= {"test_accuracy.png", "cca_diagonal.png"}
+    runs = set(pd.read_parquet(run / "analysis" / "report" / "test_accuracy.parquet")["tags.run"])
+    assert runs == {"sb", "lb", "lb_warmup", "lb_freeze"}
+    one_liner = re.search(r'python3 -c "(.*)"', r.stdout).group(1)
+    out = subprocess.run([sys.executable, "-c", one_liner], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "lb_freeze" in out.stdout, out.stderr
