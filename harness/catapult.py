@@ -45,13 +45,11 @@ def catapult_lr(model: nn.Module, opt_cfg: OptimCfg, x: torch.Tensor, y: torch.T
     saved = copy.deepcopy(model.state_dict())
     with torch.no_grad():
         loss0 = F.cross_entropy(model(x).float(), y).item()
-    model.load_state_dict(saved)  # the forward above moved BN running statistics
     lr, found = start, target
     try:
         while lr < target:
-            rises = loss_rises(model, opt_cfg, lr, x, y, loss0, steps)
-            model.load_state_dict(saved)
-            if rises:
+            model.load_state_dict(saved)  # every probe starts from the initial weights and BN statistics
+            if loss_rises(model, opt_cfg, lr, x, y, loss0, steps):
                 found = lr
                 break
             lr *= factor

@@ -11,6 +11,7 @@ trial can be resumed unpacked and the other way round.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from pathlib import Path
@@ -24,9 +25,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from harness import checkpoints, data as data_mod, distributed, schedules
 from harness.config import ConfigError, TrialConfig
 from harness.models import build
-from harness.record import TrialRecord
+from harness.record import TrialRecord, finished_state
 from harness.refs import resolve
-from harness.train import NAN, autocast, model_spec, progress, run_trial, steps
+from harness.train import NAN, autocast, eval_interval, memory_format, model_spec, progress, run_trial, steps
 
 log = logging.getLogger("heurbench.train")
 
@@ -35,11 +36,17 @@ FREE = {"name", "seed", "tags", "schedule", "warmup",
         "optim.lr", "optim.momentum", "optim.weight_decay", "optim.nesterov", "model.init_from"}
 
 
+def is_free(key: str) -> bool:
+    """Whether a dotted config key may differ between the members of a pack."""
+    return any(key == f or key.startswith(f + ".") for f in FREE)
+
+
 def flat(d: dict, prefix: str = "") -> dict:
+    """A config mapping as {dotted key: value}, not descending into the FREE keys."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and not any(key.startswith(f) for f in FREE):
+        if isinstance(v, dict) and v and not is_free(key):
             out.update(flat(v, key + "."))
         else:
             out[key] = v
@@ -48,10 +55,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 def pack_key(cfg: TrialConfig) -> str:
     """Equal for trials that may share a pack: their settings outside FREE."""
-    import json
-
-    return json.dumps({k: v for k, v in flat(cfg.model_dump(mode="json")).items()
-                       if not any(k == f or k.startswith(f + ".") for f in FREE)}, sort_keys=True)
+    return json.dumps({k: v for k, v in flat(cfg.model_dump(mode="json")).items() if not is_free(k)}, sort_keys=True)
 
 
 def packs(cfgs: list[TrialConfig], size: int) -> list[list[int]]:
@@ -79,7 +83,7 @@ def check_packable(cfgs: list[TrialConfig]) -> None:
             raise ConfigError("warmup.eta_init = 'catapult': packed trials need a numeric eta_init")
         mine = flat(c.model_dump(mode="json"))
         for k in sorted(set(first) | set(mine)):
-            if not any(k == f or k.startswith(f + ".") for f in FREE) and first.get(k) != mine.get(k):
+            if not is_free(k) and first.get(k) != mine.get(k):
                 raise ConfigError(f"{k}: {first.get(k)!r} vs {mine.get(k)!r}: trials in one pack must share it "
                                   f"(they may differ only in {', '.join(sorted(FREE))})")
 
@@ -163,20 +167,20 @@ def run_pack(cfgs: list[TrialConfig], out: str | Path, resume: bool = True, swee
 
 
 def _run_pack(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, device: torch.device) -> list[str]:
+    states = [finished_state(out, c) if resume else None for c in cfgs]
+    todo = [i for i, s in enumerate(states) if not s]
+    if not todo:
+        return states
     ds = data_mod.load(cfgs[0].data).to(device)
     spe, total = steps(cfgs[0], len(ds.train))
     spec = model_spec(cfgs[0], ds)
-    recs = [TrialRecord(c, out, sweep, spec, spe, total) for c in cfgs]
-    states = {r.tid: r.finished() for r in recs} if resume else {}
-    todo = [i for i, r in enumerate(recs) if not states.get(r.tid)]
-    cks = [recs[i].resume_from(device) if resume else None for i in todo]
+    recs = [TrialRecord(cfgs[i], out, sweep, spec, spe, total) for i in todo]
+    cks = [r.resume_from(device) if resume else None for r in recs]
     if len({ck["iteration"] if ck else 0 for ck in cks}) > 1:
         log.warning("pack: members left at different iterations; resuming them one at a time")
-        return [states.get(r.tid) or run_trial(c, out, True, sweep) for c, r in zip(cfgs, recs)]
-    if todo:
-        for tid, st in _train([cfgs[i] for i in todo], [recs[i] for i in todo], cks, ds, spe, total, device).items():
-            states[tid] = st
-    return [states[r.tid] for r in recs]
+        return [s or run_trial(c, out, True, sweep) for c, s in zip(cfgs, states)]
+    ended = _train([cfgs[i] for i in todo], recs, cks, ds, spe, total, device)
+    return [s or ended[c.trial_id()] for c, s in zip(cfgs, states)]
 
 
 class Stack:
@@ -190,7 +194,7 @@ class Stack:
         self.keys = list(self.skeleton.state_dict())
         self.opt = StackedSGD(self.params, cfgs)
         self.amp = autocast(cfgs[0], device)
-        self.mem = torch.channels_last if cfgs[0].perf.channels_last else torch.contiguous_format
+        self.mem = memory_format(cfgs[0])
         self.eval_batch = cfgs[0].data.eval_batch_size
 
         def forward(p, b, x):
@@ -204,9 +208,9 @@ class Stack:
         """Member i's state_dict, as its own model would return it."""
         return {k: (self.params[k] if k in self.params else self.buffers[k])[i].detach().clone() for k in self.keys}
 
-    def step(self, x: Tensor, y: Tensor, lrs: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
-        """One SGD step of every member on its own batch (x [K, B, C, H, W], y [K, B]); returns per-member
-        losses [K] and logits [K, B, classes]. Dead members (alive False) get no gradient."""
+    def backward(self, x: Tensor, y: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member's gradient on its own batch (x [K, B, C, H, W], y [K, B]) into the stacked .grad, for
+        `opt.step`; returns per-member losses [K] and logits [K, B, classes]. Dead members (alive False) get none."""
         K, B = y.shape
         with self.amp():
             logits = self.stacked(self.params, self.buffers,
@@ -265,7 +269,7 @@ def _train(cfgs: list[TrialConfig], recs: list[TrialRecord], cks: list[Optional[
     it = recs[0].iteration
     if it:
         log.info("pack of %d resuming at iteration %d/%d", K, it, total)
-    eval_every = cfgs[0].eval.every * (spe if cfgs[0].eval.unit == "epoch" else 1)
+    eval_every = eval_interval(cfgs[0], spe)
     stride, log_every = cfgs[0].eval.train_stride, cfgs[0].eval.log_every
 
     n_train = len(ds.train)
@@ -285,7 +289,7 @@ def _train(cfgs: list[TrialConfig], recs: list[TrialRecord], cks: list[Optional[
                 r.save_named(it, lambda i=i: st.member_state(i))
         lrs = [f(it) for f in lr_fns]
         x, y = member_batches(ds, cfgs, orders, step, it)
-        ld, logits = st.step(x, y, torch.tensor(lrs, device=device), alive)
+        ld, logits = st.backward(x, y, alive)
         bad_at = torch.where((bad_at < 0) & ~torch.isfinite(ld), it, bad_at)
         sums[:, 0] += ld.double() * B
         sums[:, 1] += (logits.argmax(2) == y).sum(1)
@@ -362,7 +366,7 @@ def probe(cfg: TrialConfig, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), iters: in
                         if cuda:
                             torch.cuda.synchronize(device)
                         t0 = time.perf_counter()
-                    st.step(x, y, lrs, alive)
+                    st.backward(x, y, alive)
                     st.opt.step(lrs)
                 if cuda:
                     torch.cuda.synchronize(device)

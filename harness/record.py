@@ -26,6 +26,12 @@ def read_status(tdir: Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def finished_state(out: Path, cfg: TrialConfig) -> Optional[str]:
+    """'done' or 'diverged' if the trial already ended, else None (read before any data is loaded)."""
+    state = read_status(trial_dir(out, cfg)).get("state")
+    return state if state in ("done", "diverged") else None
+
+
 def tag_value(v):
     """Numeric tags as float so every trial's Parquet part shares one schema."""
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
@@ -49,11 +55,6 @@ class TrialRecord:
         self.eta_init = cfg.warmup.eta_init
         self.iteration = 0
         self.writer: Optional[MetricsWriter] = None
-
-    def finished(self) -> Optional[str]:
-        """'done' or 'diverged' if the trial already ended, else None."""
-        state = read_status(self.dir).get("state")
-        return state if state in ("done", "diverged") else None
 
     def resume_from(self, device) -> Optional[dict]:
         """The rolling checkpoint to resume from, if there is one."""

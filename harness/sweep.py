@@ -297,8 +297,18 @@ def run_point(cfg: TrialConfig, out: Path, workers: int = 1) -> str:
                            preexec_fn=parent_death_signal())
         return read_status(trial_dir(out, cfg))["state"]
     except Exception as err:
-        write_json(trial_dir(out, cfg) / "status.json", {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
+        mark_failed(out, [cfg], err)
         raise
+
+
+def mark_failed(out: Path, cfgs: list[TrialConfig], err: Exception) -> None:
+    """Record `err` as the reason in the status of every trial in `cfgs` that had not ended."""
+    from harness.record import finished_state, trial_dir
+
+    for cfg in cfgs:
+        if not finished_state(out, cfg):
+            write_json(trial_dir(out, cfg) / "status.json",
+                       {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
 
 
 def run_job(cfgs: list[TrialConfig], out: Path, workers: int = 1) -> list[str]:
@@ -306,15 +316,11 @@ def run_job(cfgs: list[TrialConfig], out: Path, workers: int = 1) -> list[str]:
     if len(cfgs) == 1:
         return [run_point(cfgs[0], out, workers)]
     from harness.pack import run_pack
-    from harness.record import read_status, trial_dir
 
     try:
         return run_pack(cfgs, out, resume=True, sweep=out.name)
     except Exception as err:
-        for cfg in cfgs:
-            if read_status(trial_dir(out, cfg)).get("state") not in FINISHED:
-                write_json(trial_dir(out, cfg) / "status.json",
-                           {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
+        mark_failed(out, cfgs, err)
         raise
 
 

@@ -21,7 +21,7 @@ from harness.config import ConfigError, TrialConfig
 from harness.distill import kd_loss, load_teacher
 from harness.freeze import Freezer
 from harness.models import build
-from harness.record import TrialRecord
+from harness.record import TrialRecord, finished_state
 from harness.refs import resolve
 
 log = logging.getLogger("heurbench.train")
@@ -78,6 +78,15 @@ def autocast(cfg: TrialConfig, device: torch.device):
     return contextlib.nullcontext
 
 
+def eval_interval(cfg: TrialConfig, spe: int) -> int:
+    """Iterations between evaluations."""
+    return cfg.eval.every * (spe if cfg.eval.unit == "epoch" else 1)
+
+
+def memory_format(cfg: TrialConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
+
+
 def progress(tid: str, it: int, total: int, spe: int, loss: float, lr: float, rate: float, batch: int) -> None:
     log.info("trial %s it %d/%d ep %.2f loss %.4f lr %.4g | %.0f img/s | ETA %s", tid, it, total, it / spe, loss, lr,
              rate, fmt_eta((total - it) * batch / max(rate, 1e-9)))
@@ -94,6 +103,10 @@ def run_trial(cfg: TrialConfig, out: str | Path, resume: bool = False, sweep: st
 
 
 def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.Dist, device: torch.device) -> str:
+    ended = finished_state(out, cfg) if resume else None
+    if ended:
+        log.info("trial %s already %s; skipping", cfg.trial_id(), ended)
+        return ended
     torch.manual_seed(cfg.seed)
     ds = data_mod.load(cfg.data).to(device)
     B = cfg.data.batch_size
@@ -102,9 +115,6 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
     spe, total = steps(cfg, len(ds.train))
     spec = model_spec(cfg, ds)
     rec = TrialRecord(cfg, out, sweep, spec, spe, total, d.world, d.main)
-    if resume and rec.finished():
-        log.info("trial %s already %s; skipping", rec.tid, rec.finished())
-        return rec.finished()
 
     model = build(spec).to(device)
     if cfg.model.init_from:
@@ -138,8 +148,8 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
     if cfg.perf.compile:
         net = torch.compile(net, mode=cfg.perf.compile)
     amp = autocast(cfg, device)
-    mem = torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
-    eval_every = cfg.eval.every * (spe if cfg.eval.unit == "epoch" else 1)
+    mem = memory_format(cfg)
+    eval_every = eval_interval(cfg, spe)
 
     n_train = len(ds.train)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count since the last eval
