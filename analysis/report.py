@@ -32,7 +32,8 @@ class Report:
             raise FileNotFoundError(f"{resolved}: no resolved sweep here (run `heurbench sweep` first)")
         spec = yaml.safe_load(resolved.read_text())
         self.name = spec["name"]
-        self.points = pd.DataFrame([{"index": p["index"], "trial_id": p["trial_id"], **p["values"]}
+        seed = spec["base"].get("seed", 0)  # a column even when the sweep has no seeds axis
+        self.points = pd.DataFrame([{"index": p["index"], "trial_id": p["trial_id"], "seed": seed, **p["values"]}
                                     for p in spec["points"]])
         # only the sweep's current points: a re-run of an edited YAML leaves earlier trials' rows behind
         metrics = pd.read_parquet(self.dir / "metrics")

@@ -39,8 +39,10 @@ def s7_folder(trial_dict, tmp_path):
     from harness.sweep import load_sweep, write_resolved
     from harness.train import run_trial
 
+    trial_dict.update(schedule={"name": "cosine", "unit": "iteration", "t0": 4}, checkpoints={"iterations": [0, 8]})
     path = tmp_path / "s7_tiny.yaml"
-    path.write_text(yaml.safe_dump({"name": "s7_tiny", "base": trial_dict, "grid": {"schedule.name": ["cosine"]}}))
+    path.write_text(yaml.safe_dump({"name": "s7_tiny", "base": trial_dict,
+                                    "grid": {"schedule.name": ["cosine", "sgdr"]}}))
     sweep = load_sweep(path)
     out = tmp_path / "runs" / "s7_tiny"
     for p in sweep.points:
@@ -58,10 +60,19 @@ def test_report_option_a_study_does_not_take_is_one_line_error(s7_folder, capsys
     assert not (s7_folder / "report.md").exists()
 
 
-def test_report_options_reach_the_study(s7_folder, monkeypatch):
-    from analysis import report as report_mod
+def test_report_options_reach_the_study(s7_folder):
+    """--images 37 reaches the S7 report's SWA: its accuracy is the averaged model's on the first 37 test images."""
+    import pandas as pd
 
-    seen = {}
-    monkeypatch.setitem(report_mod.STUDIES, "s7", lambda r, images=200: seen.update(images=images))
-    report_mod.report(s7_folder, images=37)
-    assert seen == {"images": 37} and (s7_folder / "report.md").is_file()
+    from analysis import checkpoints as ackpt
+    from analysis.evaluation import Batches, evaluate
+    from analysis.report import report
+
+    report(s7_folder, images=37)
+    swa = pd.read_parquet(s7_folder / "analysis" / "report" / "sgdr_swa.parquet")
+    [derived] = (s7_folder / "derived" / "swa").glob("*.pt")
+    ck = ackpt.load(derived)
+    ds = ackpt.load_data(ck["data_spec"])
+    first = Batches(ds.test.images[:37], ds.test.labels[:37], 500, ds.normalize)
+    assert swa.averaged.tolist() == ["iter=000008, iter=000016"]
+    assert swa.swa_accuracy.tolist() == [evaluate(ackpt.build_model(ck), first)["accuracy"]]
