@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from analysis.evaluation import Batches, LossFn, device_of, evaluate_at, restored, unflatten
+from analysis.evaluation import Batches, LossFn, device_of, evaluate_points, restored, unflatten
 from analysis.progress import Progress
 
 KINDS = ("polychain", "bezier", "segment")
@@ -67,15 +67,12 @@ def train_curve(model: nn.Module, curve: Curve, batches: Batches, steps: int, op
 
 
 def evaluate_path(model: nn.Module, path: Curve, ts: Sequence[float], splits: dict[str, Batches],
-                  bn_batches: Batches | None, loss_fn: LossFn = F.cross_entropy) -> list[dict]:
-    """Loss and accuracy per split at each t, BN statistics recomputed at every point; rows (t, split, ...)."""
-    rows = []
-    progress = Progress(len(ts), f"evaluating {path.kind}")
-    with restored(model), torch.no_grad():
-        for t in ts:
-            rows += [{"t": float(t), **row} for row in evaluate_at(model, path(float(t)), splits, bn_batches, loss_fn)]
-            progress.step()
-    return rows
+                  bn_batches: Batches | None, loss_fn: LossFn = F.cross_entropy, stack: int | None = None) -> list[dict]:
+    """Loss and accuracy per split at each t, BN statistics recomputed at every point, `stack` points per
+    pass (`evaluate_points`); rows (t, split, ...)."""
+    per_point = evaluate_points(model, (path(float(t)) for t in ts), splits, bn_batches, loss_fn, stack,
+                                Progress(len(ts), f"evaluating {path.kind}"))
+    return [{"t": float(t), **row} for t, rows in zip(ts, per_point) for row in rows]
 
 
 def barrier(values: Sequence[float]) -> float:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analysis.evaluation import Batches, LossFn, evaluate_at, restored
+from analysis.evaluation import Batches, LossFn, evaluate_points
 from analysis.progress import Progress
 
 
@@ -62,14 +62,10 @@ def grid_axes(coords: Sequence[tuple[float, float]], points: int = 21,
 
 def evaluate_plane(model: nn.Module, plane: Plane, xs: Sequence[float], ys: Sequence[float],
                    splits: dict[str, Batches], bn_batches: Batches | None,
-                   loss_fn: LossFn = F.cross_entropy) -> list[dict]:
-    """Loss and accuracy per split at every grid point (BN recomputed at each); rows (x, y, split, ...)."""
-    rows = []
-    progress = Progress(len(xs) * len(ys), "plane grid")
-    with restored(model), torch.no_grad():
-        for x in xs:
-            for y in ys:
-                rows += [{"x": float(x), "y": float(y), **r}
-                         for r in evaluate_at(model, plane.point(x, y), splits, bn_batches, loss_fn)]
-                progress.step()
-    return rows
+                   loss_fn: LossFn = F.cross_entropy, stack: int | None = None) -> list[dict]:
+    """Loss and accuracy per split at every grid point (BN recomputed at each), `stack` points per pass
+    (`evaluate_points`); rows (x, y, split, ...)."""
+    grid = [(float(x), float(y)) for x in xs for y in ys]
+    per_point = evaluate_points(model, (plane.point(x, y) for x, y in grid), splits, bn_batches, loss_fn, stack,
+                                Progress(len(grid), "plane grid"))
+    return [{"x": x, "y": y, **row} for (x, y), rows in zip(grid, per_point) for row in rows]

@@ -1,18 +1,25 @@
-"""Speed of SVCCA / linear CKA between two 512-unit layers over 10,000 inputs.
+"""Speed of the analyses on the fastest device (cuda if available, else cpu).
 
-Runs analysis.cca on the fastest device (cuda if available, else cpu) in float32 and float64
-and compares each value and its time with a float64 numpy reference written here.
-Usage: python bench/analysis_speed.py [--points 10000] [--units 512] [--repeats 3]
+SVCCA / linear CKA between two 512-unit layers over 10,000 inputs, in float32 and float64,
+each value and time compared with a float64 numpy reference written here. Then a loss-plane
+grid on real CIFAR-10 (BN recomputed at every point): seconds per point evaluating one model
+at a time vs a vmapped stack of models per pass, and the largest difference between the two.
+Usage: python bench/analysis_speed.py [--points 10000] [--units 512] [--repeats 3] [--grid 4]
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from analysis.cca import linear_cka, svcca
+from analysis.evaluation import Batches, param_vector
+from analysis.landscape import Plane, evaluate_plane
+from harness import data
+from harness.models import build
 
 
 def layers(points: int, units: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,11 +60,38 @@ def timed(fn, repeats: int, sync) -> tuple[float, float]:
     return value, best
 
 
+def plane_speed(device: torch.device, grid: int, stack: int) -> None:
+    """A grid x grid plane through three perturbed VGG-16-BN (width 1/4 on CPU) weight vectors."""
+    cuda = device.type == "cuda"
+    root = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg"
+    n = 5000 if cuda else 500
+    ds = data.load({"name": "parquet", "root": str(root), "train_subset": n, "test_subset": n})
+    model = build({"name": "vgg16", "bn": True, "width": 1.0 if cuda else 0.25, "num_classes": 10}).to(device)
+    train = Batches(ds.train.images, ds.train.labels, 1000 if cuda else 250, ds.normalize)
+    test = Batches(ds.test.images, ds.test.labels, 1000 if cuda else 250, ds.normalize)
+    g = torch.Generator().manual_seed(0)
+    w0 = param_vector(model)
+    w1, w2 = (w0 + 0.05 * torch.randn(w0.shape, generator=g).to(w0) * w0.abs().mean() for _ in range(2))
+    plane, axis = Plane.through(w0, w1, w2), torch.linspace(-0.5, 1.5, grid).tolist()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    print(f"plane: {grid}x{grid} points, {model.__class__.__name__} {'width 1' if cuda else 'width 1/4'}, "
+          f"{n} BN + {n} test images per point")
+    rows = {}
+    for per_pass in (1, stack):
+        rows[per_pass], seconds = timed(
+            lambda: evaluate_plane(model, plane, axis, axis, {"test": test}, train, stack=per_pass), 1, sync)
+        diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(rows[per_pass], rows[1]))
+        print(f"{'plane':8} {f'{per_pass} model(s) per pass':22} {seconds / grid**2:10.4f} s/point "
+              f"max |loss diff| vs 1 per pass {diff:.2e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=10_000)
     ap.add_argument("--units", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--grid", type=int, default=4, help="plane grid points per axis (0 = skip the plane)")
+    ap.add_argument("--stack", type=int, default=8, help="models per pass in the stacked plane evaluation")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -73,6 +107,8 @@ def main() -> None:
             value, seconds = timed(lambda: ours(tx, ty, dtype=dtype), args.repeats, sync)
             backend = f"torch {device.type} {str(dtype).removeprefix('torch.')}"
             print(f"{name:8} {backend:22} {value:10.6f} {seconds:9.3f} {abs(value - expected):11.2e}")
+    if args.grid:
+        plane_speed(device, args.grid, args.stack)
 
 
 if __name__ == "__main__":

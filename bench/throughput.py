@@ -6,10 +6,12 @@
 Plain recipe: torchvision Dataset + DataLoader workers + CPU transforms, fp32.
 heurbench: `harness.train.run_trial` itself (GPU-resident uint8 data, augmentation on
 the device, bf16 autocast + channels_last + torch.compile on CUDA); its images/s is read
-from the step rows it writes to Parquet, so the number is the real loop's.
-Packing: N bs-100 trials one at a time, as N processes sharing the device (what Ray Tune does
-with fractional GPUs) and stacked in one process (`resources.pack`, harness/pack.py); aggregate
-images/s. Prints a table and writes it as CSV.
+from the step rows it writes to Parquet (each covers the iterations since the previous row; the
+median after the first quarter, so compilation and warm-up are left out), so the number is the
+real loop's steady state. Packing: N bs-100 trials one at a time (a single trial's rate), as N
+processes sharing the device (what Ray Tune does with fractional GPUs) and stacked in one process
+(`resources.pack`, harness/pack.py); aggregate images/s. A row that fails prints one line and the
+rest go on. Prints a table and writes it as CSV.
 """
 from __future__ import annotations
 
@@ -29,18 +31,19 @@ sys.path.insert(0, str(REPO))
 CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
 
 
-def matmul_peak(device: torch.device) -> float:
-    """Measured dense matmul TFLOP/s (bf16 on CUDA, fp32 on CPU)."""
-    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+def matmul_peak(device: torch.device, seconds: float = 1.0) -> float:
+    """Measured dense matmul TFLOP/s (bf16 on CUDA, fp32 on CPU), over `seconds` after a warm-up."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync(device)
-    reps = 50 if device.type == "cuda" else 5
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
+    reps, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        for _ in range(10):
+            a @ b
+        sync(device)
+        reps += 10
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
 
 
@@ -62,7 +65,7 @@ def train_flops_per_image(name: str) -> float:
     return fc.get_total_flops() / 2
 
 
-def plain_recipe(name: str, batch: int, iters: int, device: torch.device, workers: int) -> float:
+def plain_recipe(name: str, batch: int, iters: int, device: torch.device, workers: int) -> dict:
     """The textbook loop: PIL images through torchvision transforms in DataLoader workers, fp32."""
     import torchvision.transforms as T
     from PIL import Image
@@ -84,6 +87,8 @@ def plain_recipe(name: str, batch: int, iters: int, device: torch.device, worker
 
     loader = torch.utils.data.DataLoader(Images(), batch_size=batch, shuffle=True, num_workers=workers,
                                          drop_last=True, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     model = build({"name": name, "num_classes": 10}).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     done, warm, t0 = 0, min(5, iters // 4), 0.0
@@ -101,10 +106,14 @@ def plain_recipe(name: str, batch: int, iters: int, device: torch.device, worker
             if done == iters:
                 break
     sync(device)
-    return (iters - warm) * batch / (time.perf_counter() - t0)
+    return {"images_per_s": (iters - warm) * batch / (time.perf_counter() - t0), "peak_mem_gib": peak_gib(device)}
 
 
-def bench_cfg(name: str, batch: int, iters: int, device: torch.device, seed: int = 0, compile_: bool = True):
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+
+
+def bench_cfg(name: str, batch: int, iters: int, device: torch.device, seed: int = 0):
     """heurbench's fast path for this device: bf16 + channels_last + torch.compile (CUDA graphs at small batch)."""
     from harness.config import parse_trial
 
@@ -118,7 +127,7 @@ def bench_cfg(name: str, batch: int, iters: int, device: torch.device, seed: int
         "eval": {"every": iters, "unit": "iteration", "train_stride": max(1, iters // 10), "log_every": iters},
         "checkpoints": {"iterations": [], "final": False},
         "perf": {"device": device.type, "bf16": cuda, "channels_last": cuda,
-                 "compile": ("reduce-overhead" if batch <= 512 else "default") if cuda and compile_ else False},
+                 "compile": ("reduce-overhead" if batch <= 512 else "default") if cuda else False},
     })
 
 
@@ -135,12 +144,19 @@ def heurbench_trial(name: str, batch: int, iters: int, device: torch.device, out
     """Run the real trial loop; steady-state images/s from its step rows, peak memory."""
     from harness.train import run_trial
 
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     run_trial(bench_cfg(name, batch, iters, device, seed), out)
-    mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    return {"images_per_s": steady_rate(out, iters), "peak_mem_gib": mem}
+    return {"images_per_s": steady_rate(out, iters), "peak_mem_gib": peak_gib(device)}
+
+
+def attempt(what: str, fn, *args):
+    """fn(*args), or None after printing one line naming what failed: one failed row keeps the table."""
+    try:
+        return fn(*args)
+    except Exception as err:  # a benchmark row may fail on a new device or library; report it, go on
+        print(f"{what}: failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", flush=True)
+        return None
 
 
 def _packed_worker(args):
@@ -148,25 +164,25 @@ def _packed_worker(args):
     return heurbench_trial(name, 100, iters, torch.device(device), out, seed)["images_per_s"]
 
 
-def packed(name: str, n: int, iters: int, device: torch.device) -> dict[str, float]:
-    """Aggregate images/s of n bs-100 trials: one at a time, as n processes sharing the device (Ray's
-    fractional GPUs), and stacked in one process (resources.pack: harness/pack.py)."""
+def packed(name: str, n: int, iters: int, device: torch.device, alone: float) -> dict[str, float]:
+    """Steady aggregate images/s of n bs-100 trials: one at a time (`alone`, a single trial's rate), as n
+    processes sharing the device (Ray's fractional GPUs), and stacked in one process (resources.pack)."""
     from harness.pack import run_pack
 
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    def processes(tmp):
         jobs = [(name, iters, str(device), f"{tmp}/p{i}", i) for i in range(n)]
-        t = time.perf_counter()
-        for j in jobs:
-            _packed_worker(j)
-        out[f"{n} trials one at a time"] = n * iters * 100 / (time.perf_counter() - t)
-        ctx = mp.get_context("spawn")
-        t = time.perf_counter()
-        with ctx.Pool(n) as pool:
-            pool.map(_packed_worker, [(a, b, c, d + "x", e) for a, b, c, d, e in jobs])
-        out[f"{n} trials as {n} processes"] = n * iters * 100 / (time.perf_counter() - t)
-        run_pack([bench_cfg(name, 100, iters, device, seed=i, compile_=False) for i in range(n)], f"{tmp}/stack")
-        out[f"{n} trials stacked (pack)"] = steady_rate(f"{tmp}/stack", iters)
+        with mp.get_context("spawn").Pool(n) as pool:
+            pool.map(_packed_worker, jobs)
+        return sum(steady_rate(j[3], iters) for j in jobs)
+
+    def stacked(tmp):
+        run_pack([bench_cfg(name, 100, iters, device, seed=i) for i in range(n)], f"{tmp}/stack")
+        return steady_rate(f"{tmp}/stack", iters)
+
+    out = {f"{n} trials one at a time": alone}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, fn in ((f"{n} trials as {n} processes", processes), (f"{n} trials stacked (pack)", stacked)):
+            out[label] = attempt(label, fn, tmp)
     return out
 
 
@@ -189,26 +205,37 @@ def main() -> None:
     peak = matmul_peak(device)
     print(f"device {device} ({torch.cuda.get_device_name() if not cpu else f'{os.cpu_count()} CPU cores'}), "
           f"measured matmul peak {peak:.2f} TFLOP/s ({'bf16' if not cpu else 'fp32'})")
-    rows = []
+    rows, failed = [], {"images_per_s": float("nan"), "peak_mem_gib": float("nan")}
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             fpi = train_flops_per_image(name)
             for bs in batches:
-                plain = plain_recipe(name, bs, iters, device, workers)
-                hb = heurbench_trial(name, bs, iters, device, f"{tmp}/{name}-{bs}")
-                for path, ips, mem in (("plain", plain, float("nan")), ("heurbench", hb["images_per_s"], hb["peak_mem_gib"])):
-                    tf = ips * fpi / 1e12
+                plain = attempt(f"{name} bs {bs} plain", plain_recipe, name, bs, iters, device, workers) or failed
+                hb = attempt(f"{name} bs {bs} heurbench", heurbench_trial, name, bs, iters, device,
+                             f"{tmp}/{name}-{bs}") or failed
+                for path, r in (("plain", plain), ("heurbench", hb)):
+                    ips, mem = r["images_per_s"], r["peak_mem_gib"]
+                    tf, x = ips * fpi / 1e12, ips / plain["images_per_s"]
                     rows.append(dict(model=name, batch=bs, path=path, images_per_s=ips, tflops=tf,
-                                     frac_peak=tf / peak, peak_mem_gib=mem, speedup=ips / plain))
+                                     frac_peak=tf / peak, peak_mem_gib=mem, speedup=x))
                     print(f"{name:9s} bs {bs:5d} {path:9s} {ips:10.0f} img/s {tf:8.3f} TFLOP/s "
-                          f"{100 * tf / peak:6.2f}% of peak  x{ips / plain:.2f} vs plain  mem {mem:.2f} GiB", flush=True)
-    if pack:
-        name = "vgg16" if not cpu else models[0]
-        single_plain = next((r["images_per_s"] for r in rows if r["model"] == name and r["path"] == "plain"
-                             and r["batch"] == 100), float("nan"))
-        for path, v in packed(name, pack, iters, device).items():
-            rows.append(dict(model=name, batch=100, path=path, images_per_s=v, speedup=v / single_plain))
-            print(f"{name:9s} bs   100 {path}: {v:10.0f} img/s aggregate, x{v / single_plain:.2f} vs plain single trial")
+                          f"{100 * tf / peak:6.2f}% of peak  x{x:.2f} vs plain  mem {mem:.2f} GiB", flush=True)
+        if pack:
+            name = "vgg16" if not cpu else models[0]
+
+            def rate(path):
+                return next((r["images_per_s"] for r in rows if (r["model"], r["batch"], r["path"]) ==
+                             (name, 100, path)), None)
+
+            single_plain = rate("plain") or (attempt("plain", plain_recipe, name, 100, iters, device, workers)
+                                             or failed)["images_per_s"]
+            alone = rate("heurbench") or (attempt("heurbench", heurbench_trial, name, 100, iters, device,
+                                                  f"{tmp}/alone") or failed)["images_per_s"]
+            for path, v in packed(name, pack, iters, device, alone).items():
+                v = float("nan") if v is None else v
+                rows.append(dict(model=name, batch=100, path=path, images_per_s=v, speedup=v / single_plain))
+                print(f"{name:9s} bs   100 {path}: {v:10.0f} img/s aggregate, x{v / single_plain:.2f} vs plain "
+                      f"single trial", flush=True)
     import pandas as pd
 
     Path(a.csv).parent.mkdir(parents=True, exist_ok=True)

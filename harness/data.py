@@ -59,7 +59,7 @@ class Dataset:
 
     def to(self, device) -> "Dataset":
         return Dataset(self.name, self.train.to(device), self.val.to(device) if self.val else None,
-                       self.test.to(device), self.num_classes, self.mean, self.std)
+                       self.test.to(device), self.num_classes, self.mean.to(device), self.std.to(device))
 
 
 def cache_dir() -> Path:
@@ -218,15 +218,35 @@ def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.T
               rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def train_batch(data: Dataset, order: torch.Tensor, step: int, iteration: int, batch_size: int, seed: int,
-                augment: bool, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's contiguous shard of global batch `step` of the epoch, augmented, normalised."""
-    idx = order[step * batch_size:(step + 1) * batch_size]
-    per = batch_size // world
-    lo, hi = rank * per, (rank + 1) * per
-    idx = idx[lo:hi].to(data.train.images.device)
+@dataclass
+class Epoch:
+    """One epoch's batches, planned at its start on the data's device: the index order and every step's
+    crop offsets and flips, drawn on the host from (seed, iteration) and copied over once, so that a
+    training step never waits on a host-to-device copy (each one stalls until the GPU's queue drains)."""
+    order: torch.Tensor  # [n] int64
+    batch_size: int  # global
+    aug: Optional[torch.Tensor]  # [steps, 3, batch_size] int64: dy, dx, flip; None without augmentation
+
+
+def plan_epoch(data: Dataset, seed: int, epoch: int, spe: int, batch_size: int, augment: bool) -> Epoch:
+    """Epoch `epoch` (of `spe` steps) of a trial with this seed, for `train_batch`."""
+    dev = data.train.images.device
+    order = epoch_order(len(data.train), seed, epoch).to(dev)
+    if not augment:
+        return Epoch(order, batch_size, None)
+    aug = torch.stack([torch.stack([dy, dx, flip.long()]) for dy, dx, flip in
+                       (augment_params(batch_size, seed, epoch * spe + s) for s in range(spe))])
+    return Epoch(order, batch_size, aug.to(dev))
+
+
+def train_batch(data: Dataset, plan: Epoch, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor,
+                                                                                            torch.Tensor]:
+    """This rank's contiguous shard of global batch `step` of the planned epoch, augmented, normalised."""
+    per = plan.batch_size // world
+    lo = step * plan.batch_size + rank * per
+    idx = plan.order[lo:lo + per]
     x = data.train.images[idx]
-    if augment:
-        dy, dx, flip = augment_params(batch_size, seed, iteration)
-        x = crop_flip(x, dy[lo:hi], dx[lo:hi], flip[lo:hi])
+    if plan.aug is not None:
+        dy, dx, flip = plan.aug[step, :, rank * per:(rank + 1) * per]
+        x = crop_flip(x, dy, dx, flip.bool())
     return data.normalize(x), data.train.labels[idx]

@@ -76,8 +76,8 @@ def check_packable(cfgs: list[TrialConfig]) -> None:
     for c in cfgs:
         if c.optim.name != "sgd":
             raise ConfigError(f"optim.name = {c.optim.name!r}: packed trials train with sgd only")
-        if c.freeze.groups or c.distill or c.perf.compile:
-            key = "freeze.groups" if c.freeze.groups else "distill" if c.distill else "perf.compile"
+        if c.freeze.groups or c.distill:
+            key = "freeze.groups" if c.freeze.groups else "distill"
             raise ConfigError(f"{key}: set in trial {c.trial_id()}, which packing does not support")
         if c.warmup.eta_init == "catapult":
             raise ConfigError("warmup.eta_init = 'catapult': packed trials need a numeric eta_init")
@@ -99,8 +99,10 @@ class StackedSGD:
         self.wd = torch.tensor([c.optim.weight_decay for c in cfgs], device=dev)
         self.nesterov = torch.tensor([c.optim.nesterov for c in cfgs], device=dev)
         self.cfgs = cfgs
-        self.buf: dict[str, Optional[Tensor]] = {k: None for k in params}
         self.trainable = [k for k, p in params.items() if p.requires_grad]  # run_trial's optimizer order
+        # a zero buffer gives SGD's first step (buffer = gradient) exactly; allocated only if some member uses it
+        self.buf = {k: torch.zeros_like(params[k]) for k in self.trainable} \
+            if any(c.optim.momentum for c in cfgs) else None
 
     @staticmethod
     def per_member(v: Tensor, like: Tensor) -> Tensor:
@@ -108,15 +110,17 @@ class StackedSGD:
 
     @torch.no_grad()
     def step(self, lrs: Tensor) -> None:
-        for k, p in self.params.items():
-            g = p.grad
-            if g is None:
+        for k in self.trainable:
+            p = self.params[k]
+            if p.grad is None:
                 continue
-            d = g + self.per_member(self.wd, p) * p
-            m = self.per_member(self.momentum, p)
-            buf = d.clone() if self.buf[k] is None else self.buf[k].mul_(m).add_(d)
-            self.buf[k] = buf
-            step = torch.where(self.per_member(self.nesterov, p).bool(), d + m * buf, buf)
+            d = p.grad + self.per_member(self.wd, p) * p
+            if self.buf is None:
+                step = d
+            else:
+                m = self.per_member(self.momentum, p)
+                buf = self.buf[k].mul_(m).add_(d)
+                step = torch.where(self.per_member(self.nesterov, p).bool(), d + m * buf, buf)
             p.sub_(self.per_member(lrs, p) * step)
 
     def zero_grad(self) -> None:
@@ -132,8 +136,8 @@ class StackedSGD:
         """Member i's state in torch.optim.SGD's format (what run_trial saves)."""
         views = [self.params[k][i].detach() for k in self.trainable]
         opt = self._sgd(i, views)
-        for k, v in zip(self.trainable, views):
-            if self.buf[k] is not None and self.cfgs[i].optim.momentum:
+        if self.buf is not None and self.cfgs[i].optim.momentum:
+            for k, v in zip(self.trainable, views):
                 opt.state[v]["momentum_buffer"] = self.buf[k][i].clone()
         return opt.state_dict()
 
@@ -143,9 +147,7 @@ class StackedSGD:
         opt.load_state_dict(state)
         for k, v in zip(self.trainable, views):
             b = opt.state.get(v, {}).get("momentum_buffer")
-            if b is not None:
-                if self.buf[k] is None:
-                    self.buf[k] = torch.zeros_like(self.params[k])
+            if b is not None and self.buf is not None:
                 self.buf[k][i] = b
 
 
@@ -203,6 +205,13 @@ class Stack:
         self.stacked = vmap(forward, randomness="different")  # members' weights, buffers and batches
         self.shared = vmap(forward, in_dims=(0, 0, None), randomness="different")  # one batch for all members
         self.skeleton.train()
+        self.losses, self.step = self._losses, self.opt.step
+        mode = cfgs[0].perf.compile
+        if mode:  # the stacked forward + loss as one graph in `mode`; the optimizer step fused by inductor
+            for t in (*self.params.values(), *self.buffers.values()):
+                torch._dynamo.mark_static_address(t)  # updated in place: not copied into CUDA graphs each step
+            self.losses = torch.compile(self._losses, mode=mode)
+            self.step = torch.compile(self.opt.step)
 
     def member_state(self, i: int) -> dict:
         """Member i's state_dict, as its own model would return it."""
@@ -210,15 +219,19 @@ class Stack:
 
     def backward(self, x: Tensor, y: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
         """Every member's gradient on its own batch (x [K, B, C, H, W], y [K, B]) into the stacked .grad, for
-        `opt.step`; returns per-member losses [K] and logits [K, B, classes]. Dead members (alive False) get none."""
+        `step`; returns per-member losses [K] and logits [K, B, classes]. Dead members (alive False) get none."""
+        losses, logits = self.losses(x, y)
+        self.opt.zero_grad()
+        torch.where(alive, losses, 0.0).sum().backward()  # members are independent: each gets its own gradient
+        return losses.detach(), logits.detach()
+
+    def _losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         K, B = y.shape
         with self.amp():
             logits = self.stacked(self.params, self.buffers,
                                   x.flatten(0, 1).contiguous(memory_format=self.mem).unflatten(0, (K, B)))
         losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(K, B).mean(1)
-        self.opt.zero_grad()
-        torch.where(alive, losses, 0.0).sum().backward()  # members are independent: each gets its own gradient
-        return losses.detach(), logits.detach()
+        return losses, logits
 
     @torch.no_grad()
     def evaluate(self, split: data_mod.Split) -> Tensor:
@@ -238,12 +251,19 @@ class Stack:
         return sums
 
 
-def member_batches(ds: data_mod.Dataset, cfgs: list[TrialConfig], orders: list[Tensor], step: int,
-                   it: int) -> tuple[Tensor, Tensor]:
+def member_batches(ds: data_mod.Dataset, plans: list[data_mod.Epoch], step: int) -> tuple[Tensor, Tensor]:
     """Each member's own batch (its seed's order and augmentation), stacked: [K, B, C, H, W], [K, B]."""
-    xs, ys = zip(*[data_mod.train_batch(ds, o, step, it, c.data.batch_size, c.seed, c.data.augment)
-                   for o, c in zip(orders, cfgs)])
+    xs, ys = zip(*[data_mod.train_batch(ds, p, step) for p in plans])
     return torch.stack(xs), torch.stack(ys)
+
+
+def plan_members(ds: data_mod.Dataset, cfgs: list[TrialConfig], lr_fns: list, epoch: int, spe: int,
+                 total: int) -> tuple[list[data_mod.Epoch], list[list[float]], Tensor]:
+    """Every member's batches for one epoch, and its learning rates there, [steps][K], as floats and as a
+    tensor on the data's device (copied once, so that a step copies nothing from the host)."""
+    plans = [data_mod.plan_epoch(ds, c.seed, epoch, spe, c.data.batch_size, c.data.augment) for c in cfgs]
+    lrs = [[f(it) for f in lr_fns] for it in range(epoch * spe, min((epoch + 1) * spe, total))]
+    return plans, lrs, torch.tensor(lrs, device=ds.train.images.device)
 
 
 def _train(cfgs: list[TrialConfig], recs: list[TrialRecord], cks: list[Optional[dict]], ds: data_mod.Dataset,
@@ -272,23 +292,22 @@ def _train(cfgs: list[TrialConfig], recs: list[TrialRecord], cks: list[Optional[
     eval_every = eval_interval(cfgs[0], spe)
     stride, log_every = cfgs[0].eval.train_stride, cfgs[0].eval.log_every
 
-    n_train = len(ds.train)
     alive = torch.ones(K, dtype=torch.bool, device=device)
     ended: dict[str, str] = {}
     sums = torch.zeros(K, 3, dtype=torch.float64, device=device)  # per member: loss, correct, count since eval
     bad_at = torch.full((K,), -1, dtype=torch.long, device=device)  # per member: first non-finite loss
     t_mark, it_mark = time.perf_counter(), it
     t_start = time.perf_counter() - (cks[0]["elapsed"] if cks[0] else 0.0)
-    orders = [data_mod.epoch_order(n_train, c.seed, it // spe) for c in cfgs]
+    plans = None
     while it < total and len(ended) < K:
         epoch, step = divmod(it, spe)
-        if step == 0:
-            orders = [data_mod.epoch_order(n_train, c.seed, epoch) for c in cfgs]
+        if plans is None or step == 0:
+            plans, lr_rows, lr_table = plan_members(ds, cfgs, lr_fns, epoch, spe, total)
         for i, r in enumerate(recs):
             if r.tid not in ended:
                 r.save_named(it, lambda i=i: st.member_state(i))
-        lrs = [f(it) for f in lr_fns]
-        x, y = member_batches(ds, cfgs, orders, step, it)
+        lrs = lr_rows[step]
+        x, y = member_batches(ds, plans, step)
         ld, logits = st.backward(x, y, alive)
         bad_at = torch.where((bad_at < 0) & ~torch.isfinite(ld), it, bad_at)
         sums[:, 0] += ld.double() * B
@@ -296,7 +315,7 @@ def _train(cfgs: list[TrialConfig], recs: list[TrialRecord], cks: list[Optional[
         sums[:, 2] += B
         log_row = it % stride == 0
         grad_norms = member_norms([p.grad for p in st.params.values() if p.grad is not None]) if log_row else None
-        st.opt.step(torch.tensor(lrs, device=device))
+        st.step(lr_table[step])
         it += 1
         due_eval = it % eval_every == 0 or it == total
         if log_row or it % log_every == 0 or due_eval:
@@ -331,6 +350,7 @@ def _train(cfgs: list[TrialConfig], recs: list[TrialRecord], cks: list[Optional[
                     r.add(kind="eval", split=name, loss=(s[i, 0] / s[i, 2]).item(), accuracy=(s[i, 1] / s[i, 2]).item(),
                           **row)
                 r.save_last(it, st.member_state(i), st.opt.state_dict(i), time.perf_counter() - t_start)
+        if log_row or due_eval:  # each row's images/s covers the iterations since the previous row
             t_mark, it_mark = time.perf_counter(), it
     for i, r in enumerate(recs):
         if r.tid not in ended:
@@ -351,14 +371,14 @@ def probe(cfg: TrialConfig, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), iters: in
         spec, B, rows = model_spec(cfg, ds), cfg.data.batch_size, []
         cuda = device.type == "cuda"
         limit = torch.cuda.get_device_properties(device).total_memory * memory_fraction if cuda else float("inf")
-        order = data_mod.epoch_order(len(ds.train), cfg.seed, 0)
+        plan = data_mod.plan_epoch(ds, cfg.seed, 0, 1, B, cfg.data.augment)
         for k in sizes:
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             try:
                 st = Stack([build(spec).to(device) for _ in range(k)], [cfg] * k, ds, device)
-                x, y = member_batches(ds, [cfg] * k, [order] * k, 0, 0)
+                x, y = member_batches(ds, [plan] * k, 0)
                 alive, lrs = torch.ones(k, dtype=torch.bool, device=device), torch.full((k,), cfg.optim.lr,
                                                                                        device=device)
                 for i in range(iters + 2):  # two untimed warm-up steps
@@ -367,7 +387,7 @@ def probe(cfg: TrialConfig, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), iters: in
                             torch.cuda.synchronize(device)
                         t0 = time.perf_counter()
                     st.backward(x, y, alive)
-                    st.opt.step(lrs)
+                    st.step(lrs)
                 if cuda:
                     torch.cuda.synchronize(device)
                 rate = k * B * iters / (time.perf_counter() - t0)

@@ -32,9 +32,29 @@ def finished_state(out: Path, cfg: TrialConfig) -> Optional[str]:
     return state if state in ("done", "diverged") else None
 
 
-def tag_value(v):
-    """Numeric tags as float so every trial's Parquet part shares one schema."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+def tag_columns(values: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Swept values (or a single trial's tags, as one row) as metrics columns, one type per column.
+
+    Parquet parts of one sweep must share a schema: a column whose values are all numbers
+    (or missing) becomes float with NaN for missing, all booleans stays bool, anything else
+    becomes text (lists and mappings as JSON, missing as "none").
+    """
+    def text(v):
+        return v if isinstance(v, str) else "none" if v is None else json.dumps(v, sort_keys=True)
+
+    out = [dict() for _ in values]
+    for k in dict.fromkeys(k for v in values for k in v):
+        col = [v.get(k) for v in values]
+        present = [c for c in col if c is not None]
+        if present and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in present):
+            conv = lambda c: float("nan") if c is None else float(c)
+        elif present and len(present) == len(col) and all(isinstance(c, bool) for c in present):
+            conv = bool
+        else:
+            conv = text
+        for o, c in zip(out, col):
+            o[k] = conv(c)
+    return out
 
 
 class TrialRecord:
@@ -50,7 +70,7 @@ class TrialRecord:
         self.ck_epochs = {e * spe: e for e in cfg.checkpoints.epochs}
         self.common = {"model_spec": spec, "data_spec": cfg.data.model_dump(mode="json"), "trial_id": self.tid,
                        "config": cfg.model_dump(mode="json")}
-        self.base = {"sweep": sweep, "trial_id": self.tid, **{k: tag_value(v) for k, v in cfg.tags.items()},
+        self.base = {"sweep": sweep, "trial_id": self.tid, **tag_columns([cfg.tags])[0],
                      "seed": cfg.seed, "world_size": world}
         self.eta_init = cfg.warmup.eta_init
         self.iteration = 0

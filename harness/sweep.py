@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import os
 import subprocess
@@ -35,6 +34,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.config import ConfigError, Strict, TrialConfig, dump, format_error, load_trial, parse_trial, read_yaml
+from harness.record import tag_columns
 from harness.storage import write_json, write_text
 
 log = logging.getLogger("heurbench.sweep")
@@ -145,31 +145,6 @@ def set_dotted(d: dict, key: str, value: Any, source: str) -> None:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: {key}: {part!r} is not a section of the trial config")
     d[leaf] = copy.deepcopy(value)
-
-
-def tag_columns(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Swept values as metrics columns with one type per column across all points.
-
-    Parquet parts of one sweep must share a schema: a column whose values are all numbers
-    (or missing) becomes float with NaN for missing, all booleans stays bool, anything else
-    becomes text (lists and mappings as JSON, missing as "none").
-    """
-    def text(v):
-        return v if isinstance(v, str) else "none" if v is None else json.dumps(v, sort_keys=True)
-
-    out = [dict() for _ in values]
-    for k in dict.fromkeys(k for v in values for k in v):
-        col = [v.get(k) for v in values]
-        present = [c for c in col if c is not None]
-        if present and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in present):
-            conv = lambda c: float("nan") if c is None else float(c)
-        elif present and len(present) == len(col) and all(isinstance(c, bool) for c in present):
-            conv = bool
-        else:
-            conv = text
-        for o, c in zip(out, col):
-            o[k] = conv(c)
-    return out
 
 
 def expand(spec: SweepSpec, base: dict, source: str) -> list[Point]:

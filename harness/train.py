@@ -135,8 +135,7 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
     else:
         eta_init = cfg.warmup.eta_init
         if eta_init == "catapult":  # every rank probes the same global batch, so all agree
-            x, y = data_mod.train_batch(ds, data_mod.epoch_order(len(ds.train), cfg.seed, 0), 0, 0, B, cfg.seed,
-                                        cfg.data.augment, 0, 1)
+            x, y = data_mod.train_batch(ds, data_mod.plan_epoch(ds, cfg.seed, 0, spe, B, cfg.data.augment), 0)
             eta_init = catapult_lr(model, cfg.optim, x, y, cfg.optim.lr)
     rec.open(ck, eta_init)
     lr_at = schedules.build(cfg.schedule, cfg.warmup.model_copy(update={"eta_init": eta_init}), cfg.optim.lr, spe,
@@ -151,22 +150,21 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
     mem = memory_format(cfg)
     eval_every = eval_interval(cfg, spe)
 
-    n_train = len(ds.train)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count since the last eval
     bad_at = torch.full((), -1, dtype=torch.long, device=device)  # first iteration with a non-finite loss
     it = rec.iteration
     t_mark, it_mark = time.perf_counter(), it
     t_start = time.perf_counter() - (ck["elapsed"] if ck else 0.0)
-    order = data_mod.epoch_order(n_train, cfg.seed, it // spe)
+    plan = None
     net.train()
     while it < total:
         epoch, step = divmod(it, spe)
-        if step == 0:
-            order = data_mod.epoch_order(n_train, cfg.seed, epoch)
+        if plan is None or step == 0:
+            plan = data_mod.plan_epoch(ds, cfg.seed, epoch, spe, B, cfg.data.augment)
         rec.save_named(it, model.state_dict)
         lr = lr_at(it)
         optim.set_lr(opt, lr)
-        x, y = data_mod.train_batch(ds, order, step, it, B, cfg.seed, cfg.data.augment, d.rank, d.world)
+        x, y = data_mod.train_batch(ds, plan, step, d.rank, d.world)
         x = x.contiguous(memory_format=mem)
         with amp():
             logits = net(x)
@@ -188,7 +186,8 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
         grad_norm = global_norm(p.grad for p in model.parameters()) if log_row else NAN
         opt.step()
         it += 1
-        if log_row or it % cfg.eval.log_every == 0 or it % eval_every == 0 or it == total:
+        due_eval = it % eval_every == 0 or it == total
+        if log_row or it % cfg.eval.log_every == 0 or due_eval:
             bad = distributed.first_flagged(bad_at, d)
             if bad >= 0:
                 log.warning("trial %s diverged: non-finite loss at iteration %d", rec.tid, bad)
@@ -202,7 +201,7 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
                     wall_time=now - t_start, images_per_s=rate)
         if it % cfg.eval.log_every == 0 and d.main:
             progress(rec.tid, it, total, spe, ld.item(), lr, rate, B)
-        if it % eval_every == 0 or it == total:
+        if due_eval:
             distributed.all_reduce_sum(sums, d)
             row = dict(epoch=it / spe, iteration=it, lr=lr, grad_norm=NAN, weight_norm=global_norm(model.parameters()),
                        wall_time=now - t_start, images_per_s=rate)
@@ -214,6 +213,7 @@ def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.D
                     loss_v, acc_v = evaluate(model, ds, split, cfg.data.eval_batch_size, d, amp)
                     rec.add(kind="eval", split=split_name, loss=loss_v, accuracy=acc_v, **row)
             rec.save_last(it, model.state_dict(), opt.state_dict(), time.perf_counter() - t_start)
+        if log_row or due_eval:  # each row's images/s covers the iterations since the previous row
             t_mark, it_mark = time.perf_counter(), it
     rec.save_named(it, model.state_dict)
     return rec.finish(it, "done")

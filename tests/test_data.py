@@ -119,11 +119,26 @@ def test_augmentation_is_seeded_and_covers_all_offsets():
 
 
 def test_rank_shards_concatenate_to_the_single_process_batch(cifar):
-    order = data.epoch_order(len(cifar.train), seed=0, epoch=2)
-    full_x, full_y = data.train_batch(cifar, order, 3, 23, 100, 0, True)
-    shards = [data.train_batch(cifar, order, 3, 23, 100, 0, True, rank=r, world=4) for r in range(4)]
+    plan = data.plan_epoch(cifar, seed=0, epoch=2, spe=10, batch_size=100, augment=True)
+    full_x, full_y = data.train_batch(cifar, plan, 3)
+    shards = [data.train_batch(cifar, plan, 3, rank=r, world=4) for r in range(4)]
     assert torch.equal(torch.cat([s[0] for s in shards]), full_x)
     assert torch.equal(torch.cat([s[1] for s in shards]), full_y)
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_planned_epoch_gives_each_iterations_seeded_batch(cifar, augment):
+    """The plan made at an epoch's start holds, for every step, the batch defined by (seed, iteration)."""
+    B, spe, seed, epoch = 50, 4, 3, 5
+    plan = data.plan_epoch(cifar, seed, epoch, spe, B, augment)
+    order = data.epoch_order(len(cifar.train), seed, epoch)
+    for step in range(spe):
+        idx = order[step * B:(step + 1) * B]
+        want = cifar.train.images[idx]
+        if augment:
+            want = data.crop_flip(want, *data.augment_params(B, seed, epoch * spe + step))
+        x, y = data.train_batch(cifar, plan, step)
+        assert torch.equal(x, cifar.normalize(want)) and torch.equal(y, cifar.train.labels[idx])
 
 
 def test_epoch_order_is_a_seeded_permutation():

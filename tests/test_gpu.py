@@ -47,3 +47,29 @@ def test_packed_bf16_stack_reaches_single_fp32_accuracy(vgg_run, tmp_path):
     final = df[(df.kind == "eval") & (df.split == "test")].sort_values("iteration").groupby("trial_id").accuracy.last()
     assert plain > 0.4
     assert abs(final.mean() - plain) < 0.04, (plain, final.tolist())
+
+
+def test_a_training_steps_data_and_pack_update_never_wait_for_the_gpu(trial_dict):
+    """Batches come from the epoch's plan on the device and a pack's learning rates from its per-epoch
+    table: no host-to-device copy (each one drains the GPU's queue) in the hot path."""
+    from harness import data as data_mod
+    from harness.config import parse_trial
+    from harness.models import build
+    from harness.pack import Stack, member_batches
+
+    cfg = parse_trial({**trial_dict, "perf": {"device": "cuda"}})
+    ds = data_mod.load(cfg.data).to("cuda")
+    plans = [data_mod.plan_epoch(ds, s, 0, 4, 50, True) for s in range(2)]
+    st = Stack([build({"name": "student_cnn", "num_classes": 10}).cuda() for _ in range(2)], [cfg] * 2, ds,
+               torch.device("cuda"))
+    lr_table, alive = torch.full((4, 2), 0.01, device="cuda"), torch.ones(2, dtype=torch.bool, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(4):
+            x, y = member_batches(ds, plans, step)
+            st.backward(x, y, alive)
+            st.step(lr_table[step])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.is_cuda and x.shape == (2, 50, 3, 32, 32)

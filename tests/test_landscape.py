@@ -65,3 +65,28 @@ def test_evaluate_plane_matches_direct_evaluation():
     load_vector(model, w1)
     update_bn(model, data)
     assert rows[2]["loss"] == pytest.approx(evaluate(model, data)["loss"], rel=1e-5)
+
+
+def test_points_evaluated_as_a_stack_match_one_at_a_time():
+    """evaluate_points with 3 models per pass (chunks of 3 and 2) vs one at a time vs update_bn + evaluate."""
+    from analysis.evaluation import evaluate_points
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Dropout(0.0), nn.Linear(4 * 8 * 8, 3))
+    g = torch.Generator().manual_seed(1)
+    data = Batches(torch.randn(100, 3, 8, 8, generator=g), torch.randint(0, 3, (100,), generator=g), 32)
+    w0 = param_vector(model)
+    vectors = [w0 + 0.3 * torch.randn(w0.shape, generator=g) for _ in range(5)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stacked = evaluate_points(model, iter(vectors), {"train": data, "test": data.head(50)}, data, stack=3)
+    single = evaluate_points(model, vectors, {"train": data, "test": data.head(50)}, data, stack=1)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()) and model.training
+    for a, b, w in zip(stacked, single, vectors):
+        assert [r["split"] for r in a] == ["train", "test"]
+        for ra, rb in zip(a, b):
+            assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5) and ra["accuracy"] == rb["accuracy"]
+        load_vector(model, w)
+        update_bn(model, data)
+        ref = evaluate(model, data)
+        assert a[0]["loss"] == pytest.approx(ref["loss"], rel=1e-5) and a[0]["accuracy"] == ref["accuracy"]

@@ -12,7 +12,8 @@ import yaml
 
 from harness.cli import main
 from harness.config import ConfigError
-from harness.sweep import in_order, load_sweep, run_point, tag_columns
+from harness.record import tag_columns
+from harness.sweep import in_order, load_sweep, run_point
 
 ROW_KEY = ["trial_id", "kind", "split", "iteration"]
 
