@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,9 +62,8 @@ def timed(fn, repeats: int, sync) -> tuple[float, float]:
 def plane_speed(device: torch.device, grid: int, stack: int) -> None:
     """A grid x grid plane through three perturbed VGG-16-BN (width 1/4 on CPU) weight vectors."""
     cuda = device.type == "cuda"
-    root = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg"
     n = 5000 if cuda else 500
-    ds = data.load({"name": "parquet", "root": str(root), "train_subset": n, "test_subset": n})
+    ds = data.load({"name": "parquet", "root": str(data.shared_cifar()), "train_subset": n, "test_subset": n})
     model = build({"name": "vgg16", "bn": True, "width": 1.0 if cuda else 0.25, "num_classes": 10}).to(device)
     train = Batches(ds.train.images, ds.train.labels, 1000 if cuda else 250, ds.normalize)
     test = Batches(ds.test.images, ds.test.labels, 1000 if cuda else 250, ds.normalize)

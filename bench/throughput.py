@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
+
 
 
 def matmul_peak(device: torch.device, seconds: float = 1.0) -> float:
@@ -73,7 +73,7 @@ def plain_recipe(name: str, batch: int, iters: int, device: torch.device, worker
     from harness import data
     from harness.models import build
 
-    ds = data.load({"name": "parquet", "root": str(CIFAR), "train_subset": max(batch * 4, 5000)})
+    ds = data.load({"name": "parquet", "root": str(data.shared_cifar()), "train_subset": max(batch * 4, 5000)})
     imgs = ds.train.images.permute(0, 2, 3, 1).numpy()
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))])
@@ -116,11 +116,12 @@ def peak_gib(device: torch.device) -> float:
 def bench_cfg(name: str, batch: int, iters: int, device: torch.device, seed: int = 0):
     """heurbench's fast path for this device: bf16 + channels_last + torch.compile (CUDA graphs at small batch)."""
     from harness.config import parse_trial
+    from harness.data import shared_cifar
 
     cuda = device.type == "cuda"
     return parse_trial({
         "name": f"bench-{name}-{batch}", "seed": seed, "model": {"name": name},
-        "data": {"name": "parquet", "root": str(CIFAR), "train_subset": max(batch * 4, 5000), "test_subset": 1000,
+        "data": {"name": "parquet", "root": str(shared_cifar()), "train_subset": max(batch * 4, 5000), "test_subset": 1000,
                  "batch_size": batch},
         "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
         "budget": {"iterations": iters},
@@ -191,7 +192,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--models", nargs="+", default=None)
     ap.add_argument("--batches", nargs="+", type=int, default=None)
-    ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=None, help="iterations at batch 100 (larger batches: the same "
+                    "images, at least 20 iterations)")
     ap.add_argument("--pack", type=int, default=None, help="trials packed on one device (0 = skip)")
     ap.add_argument("--csv", default="runs/bench/throughput.csv")
     a = ap.parse_args()
@@ -210,8 +212,9 @@ def main() -> None:
         for name in models:
             fpi = train_flops_per_image(name)
             for bs in batches:
-                plain = attempt(f"{name} bs {bs} plain", plain_recipe, name, bs, iters, device, workers) or failed
-                hb = attempt(f"{name} bs {bs} heurbench", heurbench_trial, name, bs, iters, device,
+                n = max(20, iters * 100 // bs)
+                plain = attempt(f"{name} bs {bs} plain", plain_recipe, name, bs, n, device, workers) or failed
+                hb = attempt(f"{name} bs {bs} heurbench", heurbench_trial, name, bs, n, device,
                              f"{tmp}/{name}-{bs}") or failed
                 for path, r in (("plain", plain), ("heurbench", hb)):
                     ips, mem = r["images_per_s"], r["peak_mem_gib"]

@@ -62,6 +62,13 @@ class Dataset:
                        self.test.to(device), self.num_classes, self.mean.to(device), self.std.to(device))
 
 
+def shared_cifar() -> Path:
+    """Real CIFAR-10 as Parquet for the tests and benchmarks: $HEURBENCH_CIFAR, else the workspace's
+    ../shared/datasets/cifar10-jpeg beside the repository."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg"
+    return Path(os.environ.get("HEURBENCH_CIFAR", default))
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("HEURBENCH_CACHE", Path.home() / ".cache" / "heurbench"))
 

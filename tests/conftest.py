@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CIFAR = Path(os.environ.get("HEURBENCH_CIFAR", REPO.parent / "shared" / "datasets" / "cifar10-jpeg"))
+from harness.data import shared_cifar
+
+CIFAR = shared_cifar()
 
 BASE_TRIAL = {
     "name": "t",
