@@ -246,14 +246,24 @@ def plan_epoch(data: Dataset, seed: int, epoch: int, spe: int, batch_size: int, 
     return Epoch(order, batch_size, aug.to(dev))
 
 
+def batch_indices(plan: Epoch, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor,
+                                                                              Optional[torch.Tensor]]:
+    """This rank's contiguous shard of global batch `step`: train indices [b] and crop/flip [3, b] (or None)."""
+    per = plan.batch_size // world
+    lo = step * plan.batch_size + rank * per
+    aug = None if plan.aug is None else plan.aug[step, :, rank * per:(rank + 1) * per]
+    return plan.order[lo:lo + per], aug
+
+
+def gather(data: Dataset, idx: torch.Tensor, aug: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train images `idx`, cropped and flipped by `aug` (see `batch_indices`), normalised; and their labels."""
+    x = data.train.images[idx]
+    if aug is not None:
+        x = crop_flip(x, aug[0], aug[1], aug[2].bool())
+    return data.normalize(x), data.train.labels[idx]
+
+
 def train_batch(data: Dataset, plan: Epoch, step: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor,
                                                                                             torch.Tensor]:
     """This rank's contiguous shard of global batch `step` of the planned epoch, augmented, normalised."""
-    per = plan.batch_size // world
-    lo = step * plan.batch_size + rank * per
-    idx = plan.order[lo:lo + per]
-    x = data.train.images[idx]
-    if plan.aug is not None:
-        dy, dx, flip = plan.aug[step, :, rank * per:(rank + 1) * per]
-        x = crop_flip(x, dy, dx, flip.bool())
-    return data.normalize(x), data.train.labels[idx]
+    return gather(data, *batch_indices(plan, step, rank, world))

@@ -252,9 +252,10 @@ class Stack:
 
 
 def member_batches(ds: data_mod.Dataset, plans: list[data_mod.Epoch], step: int) -> tuple[Tensor, Tensor]:
-    """Each member's own batch (its seed's order and augmentation), stacked: [K, B, C, H, W], [K, B]."""
-    xs, ys = zip(*[data_mod.train_batch(ds, p, step) for p in plans])
-    return torch.stack(xs), torch.stack(ys)
+    """Each member's own batch (its seed's order and augmentation), gathered in one go: [K, B, C, H, W], [K, B]."""
+    idx, aug = zip(*[data_mod.batch_indices(p, step) for p in plans])
+    x, y = data_mod.gather(ds, torch.cat(idx), None if aug[0] is None else torch.cat(aug, 1))
+    return x.unflatten(0, (len(plans), -1)), y.view(len(plans), -1)
 
 
 def plan_members(ds: data_mod.Dataset, cfgs: list[TrialConfig], lr_fns: list, epoch: int, spe: int,

@@ -91,6 +91,19 @@ def test_sweep_with_pack_rejects_unpackable_points_at_load(trial_dict, tmp_path)
         load_sweep(path)
 
 
+@pytest.mark.parametrize("augment", [True, False])
+def test_member_batches_are_each_members_own_batch(trial_dict, augment):
+    from harness.pack import member_batches
+
+    ds = data_mod.load(trial_dict["data"])
+    plans = [data_mod.plan_epoch(ds, seed, 1, 8, 50, augment) for seed in (0, 1, 5)]
+    x, y = member_batches(ds, plans, 3)
+    assert x.shape == (3, 50, 3, 32, 32) and y.shape == (3, 50)
+    for i, p in enumerate(plans):
+        xi, yi = data_mod.train_batch(ds, p, 3)
+        assert torch.equal(x[i], xi) and torch.equal(y[i], yi)
+
+
 @pytest.fixture
 def two(trial_dict):
     trial_dict["data"]["augment"] = True
@@ -116,18 +129,18 @@ def test_packed_trials_write_what_single_trials_write(two, tmp_path, one_thread)
 
 
 def test_interrupted_pack_resumes_unpacked_without_duplicates(two, tmp_path, monkeypatch, one_thread):
-    real, calls = data_mod.train_batch, []
+    real, calls = data_mod.gather, []
 
     def crash_at_12(*a, **kw):
         calls.append(1)
-        if len(calls) > 12 * len(two):  # iteration 12's first member batch
+        if len(calls) > 12:  # iteration 12's batch (one gather for all members)
             raise RuntimeError("node lost")
         return real(*a, **kw)
 
-    monkeypatch.setattr(data_mod, "train_batch", crash_at_12)
+    monkeypatch.setattr(data_mod, "gather", crash_at_12)
     with pytest.raises(RuntimeError, match="node lost"):
         run_pack(two, tmp_path / "run")
-    monkeypatch.setattr(data_mod, "train_batch", real)
+    monkeypatch.setattr(data_mod, "gather", real)
     assert [json.loads((tmp_path / "run" / "trials" / c.trial_id() / "status.json").read_text())["iteration"]
             for c in two] == [8, 8]
     assert [run_trial(c, tmp_path / "run", resume=True) for c in two] == ["done", "done"]
