@@ -82,7 +82,10 @@ def test_array_mode_runs_every_trial_as_a_slurm_job(trial_dict, tmp_path):
     assert submit(path, tmp_path / "runs") == []  # all finished: nothing to submit
 
 
-def start_long_trial(trial_dict, tmp_path, iterations=48):
+LONG = 400  # iterations: enough that a trial is still running when a signal sent at iteration 16 lands
+
+
+def start_long_trial(trial_dict, tmp_path, iterations=LONG):
     """Submit one trial without waiting; return (job id, sweep path, out) once it has a checkpoint at >= 16."""
     trial_dict["budget"] = {"iterations": iterations}
     path = write_sweep(tmp_path, trial_dict)
@@ -104,13 +107,13 @@ def test_cancelled_job_resumes_from_its_checkpoint_when_resubmitted(trial_dict, 
     subprocess.run(["scancel", job], check=True)
     wait_for(job)
     (before,) = statuses(out).values()
-    assert before["state"] == "running" and 16 <= before["iteration"] < 48, before
+    assert before["state"] == "running" and 16 <= before["iteration"] < LONG, before
     first_part = next((out / "metrics").glob("part-*-00000.parquet"))
     written = first_part.stat().st_mtime_ns
 
     submit(path, tmp_path / "runs")
-    check_results(out, load_sweep(path), 48)
-    assert f"resuming at iteration {before['iteration']}/48" in job_logs(out)
+    check_results(out, load_sweep(path), LONG)
+    assert f"resuming at iteration {before['iteration']}/{LONG}" in job_logs(out)
     assert first_part.stat().st_mtime_ns == written  # rows before the checkpoint kept, not rewritten
 
 
@@ -123,7 +126,7 @@ def test_timeout_signal_requeues_the_job_which_resumes(trial_dict, tmp_path):
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)  # skip SLURM's requeue hold
     wait_for(job)
-    check_results(out, load_sweep(path), 48)
+    check_results(out, load_sweep(path), LONG)
     logs = job_logs(out)
     assert "Requeued job" in logs and "resuming at iteration" in logs
 
