@@ -17,12 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analysis.evaluation import device_of
+from harness.errors import ConfigError
 
 
-def fixed_inputs(images: Tensor, n: int, seed: int | None = None) -> Tensor:
-    """The first n images (seed None) or a seeded random subset of n, in a fixed order."""
+def fixed_inputs(images: Tensor, n: int | None = None, seed: int | None = None, split: str = "chosen") -> Tensor:
+    """The first n images (seed None) or a seeded random subset of n, in a fixed order; all when n is None.
+    More than the `split` holds is a one-line ConfigError, never a silent cap."""
+    if n is None:
+        return images
     if n > images.shape[0]:
-        raise ValueError(f"asked for {n} inputs; only {images.shape[0]} are available")
+        raise ConfigError(f"--inputs {n}: the {split} split has only {images.shape[0]} images")
     if seed is None:
         return images[:n]
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
@@ -65,6 +69,21 @@ def capture(model: nn.Module, layers: Sequence[str], inputs: Tensor, batch_size:
     return {name: torch.cat(c) for name, c in chunks.items()}
 
 
+def _grid(a: Tensor, b: Tensor, conv: str) -> tuple[int, int] | None:
+    """The common H x W two conv layers' positions are pooled to (None: one point per input)."""
+    if conv not in ("positions", "mean"):
+        raise ValueError(f"conv={conv!r}; expected 'positions' or 'mean'")
+    if a.dim() == 4 and b.dim() == 4 and conv == "positions":
+        return min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
+    return None
+
+
+def points(a: Tensor, b: Tensor, conv: str = "positions") -> int:
+    """How many data points `to_points` makes of two layers before subsampling: N * H * W or N."""
+    size = _grid(a, b, conv)
+    return a.shape[0] * (size[0] * size[1] if size else 1)
+
+
 def _spatial_points(a: Tensor, size: tuple[int, int]) -> Tensor:
     a = F.adaptive_avg_pool2d(a, size) if tuple(a.shape[-2:]) != size else a
     return a.permute(0, 2, 3, 1).reshape(-1, a.shape[1])
@@ -80,10 +99,8 @@ def to_points(a: Tensor, b: Tensor, conv: str = "positions", max_points: int | N
     """
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"activations cover different inputs: {a.shape[0]} vs {b.shape[0]} rows")
-    if conv not in ("positions", "mean"):
-        raise ValueError(f"conv={conv!r}; expected 'positions' or 'mean'")
-    if a.dim() == 4 and b.dim() == 4 and conv == "positions":
-        size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+    size = _grid(a, b, conv)
+    if size:
         a, b = _spatial_points(a, size), _spatial_points(b, size)
     else:
         a, b = (t.mean(dim=(2, 3)) if t.dim() == 4 else t.reshape(t.shape[0], -1) for t in (a, b))

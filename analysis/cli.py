@@ -8,70 +8,27 @@ makes (curve bends, SWA averages) as checkpoints under <sweep>/derived/<kind>/.
 from __future__ import annotations
 
 import argparse
-import itertools
-import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import torch
 import yaml
 
-from analysis import checkpoints, plots, results
-from analysis.activations import capture, fixed_inputs
-from analysis.cca import MEASURES, layer_similarity
-from analysis.connectivity import KINDS, Curve, barriers, evaluate_path, train_curve
-from analysis.evaluation import Batches, evaluate, load_vector, param_vector, update_bn
-from analysis.frequency import frequency_accuracy
-from analysis.geometry import distances, interpolate
-from analysis.landscape import Plane, evaluate_plane, grid_axes
-from analysis.sharpness import hutchinson_trace, top_eigenvalue
-from analysis.swa import swa
-
-log = logging.getLogger("heurbench.analysis")
+from analysis import plots
+from analysis.activations import fixed_inputs
+from analysis.cca import MEASURES, PERMUTATIONS, cca_rows
+from analysis.connectivity import KINDS, connect
+from analysis.frequency import frequency
+from analysis.geometry import PAIRS, geometry, segments
+from analysis.landscape import plane
+from analysis.loading import Checkpoints
+from analysis.sharpness import ITERS, TOL, sharpness
+from analysis.swa import swa_rows
 
 
-@dataclass
-class Context:
-    """What every sub-command needs: the checkpoints, their ids, the data, the device, the output folder."""
-
-    args: argparse.Namespace
-    ckpts: list[dict[str, Any]]
-    ids: list[str]
-    data: Any
-    device: torch.device
-    sweep: Path
-
-    def model(self, i: int = 0) -> torch.nn.Module:
-        return checkpoints.build_model(self.ckpts[i], self.device)
-
-    def batches(self, split: str, n: int | None = None) -> Batches:
-        part = getattr(self.data, split)
-        if part is None:
-            raise SystemExit(f"the data spec has no {split} split")
-        return Batches(part.images, part.labels, self.args.batch_size, self.data.normalize).head(n)
-
-    def splits(self) -> dict[str, Batches]:
-        """Train (first --train-images), val (if the data has one) and test (first --test-images) batches."""
-        out = {"train": self.batches("train", self.args.train_images)}
-        if self.data.val is not None:
-            out["val"] = self.batches("val")
-        return {**out, "test": self.batches("test", self.args.test_images)}
-
-    def write(self, kind: str, rows: list[dict], ids: list[str] | None = None, **params) -> Path:
-        path = results.write(self.sweep, kind, rows, self.ids if ids is None else ids, params)
-        log.info("wrote %d %s rows to %s", len(rows), kind, path)
-        return path
-
-    def figure(self, written: Path, suffix: str) -> Path:
-        """Figure path named after the Parquet part it shows: <sweep>/figures/<kind>-<digest>-<suffix>.png."""
-        return self.sweep / "figures" / f"{written.parent.name}-{written.stem.removeprefix('part-')}-{suffix}.png"
-
-
-def _data_spec(args: argparse.Namespace, ckpt: dict[str, Any]) -> dict[str, Any]:
-    spec = dict(ckpt.get("data_spec") or {})
+def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Data-spec keys from --data spec.yaml, then each --set key=value."""
+    spec = {}
     if args.data:
         loaded = yaml.safe_load(Path(args.data).read_text()) or {}
         spec.update(loaded.get("data", loaded))
@@ -80,165 +37,91 @@ def _data_spec(args: argparse.Namespace, ckpt: dict[str, Any]) -> dict[str, Any]
         if not sep:
             raise SystemExit(f"--set {item!r}: expected key=value")
         spec[key] = yaml.safe_load(value)
-    if not spec:
-        raise SystemExit("no data spec: the checkpoint has none; pass --data spec.yaml or --set name=...")
     return spec
 
 
-def _context(args: argparse.Namespace) -> Context:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpts = [checkpoints.load(p) for p in args.checkpoints]
-    data = checkpoints.load_data(_data_spec(args, ckpts[0]))
-    sweep = Path(args.out) if args.out else checkpoints.sweep_dir(args.checkpoints[0])
-    return Context(args, ckpts, [checkpoints.checkpoint_id(c) for c in ckpts], data, device, sweep)
+def run_cca(a: argparse.Namespace, cs: Checkpoints) -> None:
+    split = cs.batches(a.split)
+    inputs = fixed_inputs(split.inputs, a.inputs, a.input_seed, a.split)
+    rows = cca_rows(cs.model(0), cs.model(1), inputs, split.transform, a.batch_size, a.layers, a.layers_b or a.layers,
+                    a.measure, a.conv, a.pool_to, a.max_points, a.seed, getattr(torch, a.dtype), a.permutations)
+    written = cs.write("cca", rows, measure=a.measure, conv=a.conv, inputs=len(inputs), split=a.split,
+                       permutations=a.permutations)
+    title = f"{a.measure}: {cs.ids[0]}\nvs {cs.ids[1]}"
+    plots.similarity_heatmap(rows, cs.run.figure_of(written, "heatmap"), title, cs.ids[1], cs.ids[0])
+    diag = rows[rows.index_a == rows.index_b]
+    plots.diagonal_lines(diag, cs.run.figure_of(written, "diagonal"), title=title)
+    print(diag[["layer_a", "similarity", "null_mean", "n", "d_a", "d_b", "underdetermined"]].to_string(index=False))
 
 
-def _number(ckpt: dict[str, Any], key: str) -> float:
-    value = ckpt.get(key)
-    return math.nan if value is None else float(value)
-
-
-def run_cca(ctx: Context) -> None:
-    a = ctx.args
-    model_a, model_b = ctx.model(0), ctx.model(1)
-    layers_a = a.layers or model_a.probe_layers
-    layers_b = a.layers_b or a.layers or model_b.probe_layers
-    split = getattr(ctx.data, a.split)
-    inputs = fixed_inputs(split.images, min(a.inputs, len(split.labels)), a.input_seed)
-    acts_a = capture(model_a, layers_a, inputs, a.batch_size, ctx.data.normalize, a.pool_to)
-    acts_b = capture(model_b, layers_b, inputs, a.batch_size, ctx.data.normalize, a.pool_to)
-    heat = layer_similarity(acts_a, acts_b, a.measure, a.conv, a.max_points, a.seed, ctx.device,
-                            getattr(torch, a.dtype))
-    rows = [{"layer_a": la, "layer_b": lb, "index_a": i, "index_b": j, "similarity": float(heat[i, j])}
-            for i, la in enumerate(layers_a) for j, lb in enumerate(layers_b)]
-    written = ctx.write("cca", rows, measure=a.measure, conv=a.conv, inputs=len(inputs), split=a.split)
-    title = f"{a.measure}: {ctx.ids[0]}\nvs {ctx.ids[1]}"
-    plots.heatmap(heat.numpy(), layers_a, layers_b, ctx.figure(written, "heatmap"), title, ctx.ids[1], ctx.ids[0])
-    diag = pd.DataFrame([r for r in rows if r["index_a"] == r["index_b"]])
-    plots.lines(diag, "layer_a", "similarity", ctx.figure(written, "diagonal"), title=title)
-    print(diag[["layer_a", "similarity"]].to_string(index=False))
-
-
-def run_connect(ctx: Context) -> None:
-    a = ctx.args
-    model = ctx.model(0)
-    w0, w1 = param_vector(model, ctx.ckpts[0]["model"]), param_vector(model, ctx.ckpts[1]["model"])
-    splits, train = ctx.splits(), ctx.batches("train", a.train_images)
-    ts = torch.linspace(0, 1, a.t_points).tolist()
-    segment = evaluate_path(model, Curve(w0, w1, "segment"), ts, splits, train)
-    rows = [{"path": "segment", "curve_epoch": 0, **r} for r in segment]
-    curve = Curve(w0, w1, a.curve)
-    optimizer = torch.optim.SGD([curve.theta], lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
-    steps_per_epoch, done = math.ceil(len(train) / a.batch_size), 0
-    for epoch in sorted(set(a.eval_epochs or [a.epochs])):
-        train_curve(model, curve, train, (epoch - done) * steps_per_epoch, optimizer, seed=a.seed + epoch)
-        done = epoch
-        rows += [{"path": a.curve, "curve_epoch": epoch, **r} for r in evaluate_path(model, curve, ts, splits, train)]
-    params = dict(curve=a.curve, epochs=done, lr=a.lr)
-    written = ctx.write("connect", rows, **params)
-    load_vector(model, curve.theta.detach())
-    bend = ctx.sweep / "derived" / "connect" / f"bend-{a.curve}-{written.stem.removeprefix('part-')}.pt"
-    checkpoints.save_derived(bend, model, ctx.ckpts[0], "connect", ends=ctx.ids)
-    summary = []
-    for (path, epoch), part in pd.DataFrame(rows).groupby(["path", "curve_epoch"], sort=False):
-        part_rows = part.to_dict("records")
-        losses, errors = barriers(part_rows), barriers(part_rows, "error")
-        summary += [{"path": path, "curve_epoch": epoch, "split": s, "loss_barrier": losses[s],
-                     "error_barrier": errors[s], "bend": str(bend.relative_to(ctx.sweep))} for s in losses]
-    ctx.write("connect_barrier", summary, **params)
-    print(pd.DataFrame(summary).drop(columns="bend").to_string(index=False))
-    print(f"bend checkpoint: {bend}")
-    final = pd.DataFrame([r for r in rows if r["curve_epoch"] in (0, done)]).assign(error=lambda d: 1 - d["accuracy"])
+def run_connect(a: argparse.Namespace, cs: Checkpoints) -> None:
+    splits, epochs = cs.splits(a.train_images, a.test_images), sorted(set(a.eval_epochs or [a.epochs]))
+    rows, bars, bend = connect(cs.model(0), cs.ckpts[0]["model"], cs.ckpts[1]["model"], splits, splits["train"],
+                               a.curve, epochs, a.t_points, a.lr, a.momentum, a.weight_decay, a.seed)
+    params = dict(curve=a.curve, epochs=epochs[-1], lr=a.lr)
+    written = cs.write("connect", rows, **params)
+    path = cs.save(cs.run.derived_of(written, f"bend-{a.curve}"), bend, "connect", ends=cs.ids)
+    cs.write("connect_barrier", bars.assign(bend=str(path.relative_to(cs.run.path))), **params)
+    print(bars.to_string(index=False))
+    print(f"bend checkpoint: {path}")
+    final = rows[rows.curve_epoch.isin([0, epochs[-1]])].assign(error=lambda d: 1 - d["accuracy"])
     for metric in ("loss", "error"):
-        plots.lines(final, "t", metric, ctx.figure(written, metric), by=["path", "split"],
-                    title=f"{ctx.ids[0]} -> {ctx.ids[1]}")
+        plots.lines(final, "t", metric, cs.run.figure_of(written, metric), by=["path", "split"],
+                    title=f"{cs.ids[0]} -> {cs.ids[1]}")
 
 
-def run_plane(ctx: Context) -> None:
-    a = ctx.args
-    if len(ctx.ckpts) < 3:
-        raise SystemExit("plane needs three checkpoints (then any number to project)")
-    model = ctx.model(0)
-    vectors = [param_vector(model, c["model"]) for c in ctx.ckpts]
-    plane = Plane.through(*vectors[:3])
-    points = [{"label": i, **dict(zip(("x", "y", "residual"), plane.project(v)))} for i, v in zip(ctx.ids, vectors)]
-    xs, ys = grid_axes([(p["x"], p["y"]) for p in points], a.grid, a.margin)
-    rows = evaluate_plane(model, plane, xs, ys, ctx.splits(), ctx.batches("train", a.train_images))
-    written = ctx.write("plane", rows, grid=a.grid, margin=a.margin)
-    ctx.write("plane_points", points, grid=a.grid, margin=a.margin)
-    grid, where = pd.DataFrame(rows), pd.DataFrame(points)
+def run_plane(a: argparse.Namespace, cs: Checkpoints) -> None:
+    splits = cs.splits(a.train_images, a.test_images)
+    grid, where = plane(cs.model(0), cs.states(), splits, splits["train"], a.grid, a.margin)
+    written = cs.write("plane", grid, grid=a.grid, margin=a.margin)
+    cs.write("plane_points", where, grid=a.grid, margin=a.margin)
     for split in ("train", "test"):
-        plots.plane_contour(grid[grid["split"] == split], "loss", where, ctx.figure(written, f"{split}-loss"),
-                            f"{split} loss on the plane through\n" + "\n".join(ctx.ids[:3]))
+        plots.plane_contour(grid[grid["split"] == split], "loss", where, cs.run.figure_of(written, f"{split}-loss"),
+                            f"{split} loss on the plane through\n" + "\n".join(cs.ids[:3]))
     print(where.to_string(index=False))
 
 
-def run_sharpness(ctx: Context) -> None:
-    a = ctx.args
-    rows = []
-    for i, ckpt in enumerate(ctx.ckpts):
-        model, batches = ctx.model(i), ctx.batches("train", a.train_images)
-        update_bn(model, batches)  # stored running stats may be stale (the defaults at iteration 0)
-        row = {"epoch": _number(ckpt, "epoch"), "iteration": _number(ckpt, "iteration"),
-               "top_eigenvalue": top_eigenvalue(model, batches, a.method, a.iters, seed=a.seed)}
-        if a.probes:
-            row["trace"], row["trace_stderr"] = hutchinson_trace(model, batches, a.probes, a.seed)
-        written = ctx.write("sharpness", [row], [ctx.ids[i]], method=a.method, iters=a.iters, probes=a.probes,
-                            images=len(batches))
-        rows.append({"ckpt": ctx.ids[i], "trial": ctx.ids[i].split("/")[0], **row})
-    df = pd.DataFrame(rows).sort_values(["trial", "iteration"])
+def run_sharpness(a: argparse.Namespace, cs: Checkpoints) -> None:
+    train = cs.batches("train", a.train_images)
+    df = sharpness(cs.by_id(), train, a.method, a.iters, a.tol, a.probes, a.seed, cs.device)
+    written = cs.write_each("sharpness", df, ["ckpt"], method=a.method, iters=a.iters, tol=a.tol, probes=a.probes,
+                            images=len(train))
+    df = df.assign(trial=df.ckpt.str.split("/").str[0]).sort_values(["trial", "iteration"])
     print(df.to_string(index=False))
-    plots.lines(df, "iteration", "top_eigenvalue", ctx.figure(written, "vs-iteration"), by=["trial"])
+    plots.lines(df, "iteration", "top_eigenvalue", cs.run.figure_of(written[-1], "vs-iteration"), by=["trial"])
 
 
-def run_geometry(ctx: Context) -> None:
-    a = ctx.args
-    if len(ctx.ckpts) < 2:
-        raise SystemExit("geometry needs at least two checkpoints")
-    model = ctx.model(0)
-    n = len(ctx.ckpts)
-    pairs = {"all": list(itertools.combinations(range(n), 2)), "consecutive": [(i, i + 1) for i in range(n - 1)],
-             "first": [(0, i) for i in range(1, n)]}[a.pairs]
-    ts = torch.linspace(0, 1, a.t_points).tolist()
-    for i, j in pairs:
-        ids = [ctx.ids[i], ctx.ids[j]]
-        rows = distances(model, ctx.ckpts[i]["model"], ctx.ckpts[j]["model"])
-        ctx.write("geometry", rows, ids)
-        print(f"{ids[0]} vs {ids[1]}")
-        print(pd.DataFrame(rows).to_string(index=False))
-        if a.barrier:
-            curve_rows, error_barriers = interpolate(model, ctx.ckpts[i]["model"], ctx.ckpts[j]["model"], ts,
-                                                     ctx.splits(), ctx.batches("train", a.train_images))
-            written = ctx.write("interpolation", curve_rows, ids)
-            ctx.write("error_barrier", [{"split": s, "error_barrier": v} for s, v in error_barriers.items()], ids)
-            df = pd.DataFrame(curve_rows).assign(error=lambda d: 1 - d["accuracy"])
-            plots.lines(df, "t", "error", ctx.figure(written, "error"), by=["split"], title=" -> ".join(ids))
-            print("error barrier:", error_barriers)
+def run_geometry(a: argparse.Namespace, cs: Checkpoints) -> None:
+    model, states = cs.model(0), cs.states()
+    rows = geometry(model, states, a.pairs)
+    cs.write_each("geometry", rows, ["ckpt_a", "ckpt_b"])
+    print(rows.to_string(index=False))
+    if a.barrier:
+        along, bars = segments(model, states, cs.splits(a.train_images, a.test_images),
+                               cs.batches("train", a.train_images), a.pairs, a.t_points)
+        written = cs.write_each("interpolation", along, ["ckpt_a", "ckpt_b"])
+        cs.write_each("error_barrier", bars, ["ckpt_a", "ckpt_b"])
+        print(bars.to_string(index=False))
+        for path, (key, part) in zip(written, along.groupby(["ckpt_a", "ckpt_b"], sort=False)):
+            plots.lines(part.assign(error=lambda d: 1 - d["accuracy"]), "t", "error", cs.run.figure_of(path, "error"),
+                        by=["split"], title=" -> ".join(key))
 
 
-def run_swa(ctx: Context) -> None:
-    a = ctx.args
-    model = swa(ctx.model(0), [c["model"] for c in ctx.ckpts], ctx.batches("train", a.train_images))
-    rows = [{"split": name, **evaluate(model, b)} for name, b in ctx.splits().items()]
-    written = ctx.write("swa", rows)
-    save = Path(a.save) if a.save else ctx.sweep / "derived" / "swa" / f"swa-{written.stem.removeprefix('part-')}.pt"
-    checkpoints.save_derived(save, model, ctx.ckpts[0], "swa", averaged=ctx.ids)
-    print(pd.DataFrame(rows).to_string(index=False))
-    print(f"averaged checkpoint: {save}")
+def run_swa(a: argparse.Namespace, cs: Checkpoints) -> None:
+    splits = cs.splits(a.train_images, a.test_images)
+    rows, model = swa_rows(cs.model(0), [c["model"] for c in cs.ckpts], splits, splits["train"])
+    written = cs.write("swa", rows)
+    path = cs.save(Path(a.save) if a.save else cs.run.derived_of(written, "swa"), model, "swa", averaged=cs.ids)
+    print(rows.to_string(index=False))
+    print(f"averaged checkpoint: {path}")
 
 
-def run_frequency(ctx: Context) -> None:
-    a = ctx.args
-    test = ctx.batches("test", a.test_images)
-    frames = []
-    for i in range(len(ctx.ckpts)):
-        rows = frequency_accuracy(ctx.model(i), test.inputs, test.labels, ctx.data.normalize, a.batch_size,
-                                  tuple(a.cutoffs), a.box)
-        written = ctx.write("frequency", rows, [ctx.ids[i]], cutoffs=list(a.cutoffs), box=a.box, images=len(test))
-        frames.append(pd.DataFrame(rows).assign(ckpt=ctx.ids[i]))
-    df = pd.concat(frames)
+def run_frequency(a: argparse.Namespace, cs: Checkpoints) -> None:
+    test = cs.batches("test", a.test_images)
+    df = frequency(cs.by_id(), test, tuple(a.cutoffs), a.box, cs.device)
+    written = cs.write_each("frequency", df, ["ckpt"], cutoffs=list(a.cutoffs), box=a.box, images=len(test))
     print(df.pivot(index="ckpt", columns="variant", values="accuracy").to_string())
-    plots.lines(df, "variant", "accuracy", ctx.figure(written, "accuracy"), by=["ckpt"])
+    plots.lines(df, "variant", "accuracy", cs.run.figure_of(written[-1], "accuracy"), by=["ckpt"])
 
 
 def _common(p: argparse.ArgumentParser, count: int | str) -> None:
@@ -258,13 +141,16 @@ def _configure_cca(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", nargs="+", help="module paths of the first model (default: its probe_layers)")
     p.add_argument("--layers-b", nargs="+", help="module paths of the second model (default: --layers, or its probes)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--inputs", type=int, default=2000,
-                   help="number of fixed input images (= data points of flat layers; keep it >> their width)")
+    p.add_argument("--inputs", type=int, help="number of fixed input images, at most the split's (default: all of "
+                   "it); the data points of flat layers, so keep it >> 10x the widths of a pair")
     p.add_argument("--input-seed", type=int, help="random subset with this seed (default: the first N)")
     p.add_argument("--conv", choices=["positions", "mean"], default="positions")
     p.add_argument("--pool-to", type=int, default=8, help="average-pool conv maps to at most this size when captured")
-    p.add_argument("--max-points", type=int, default=20_000)
+    p.add_argument("--max-points", type=int, default=20_000,
+                   help="data points per pair at most (seeded subsample); all pairs of a heatmap use the same n")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="float32: faster on a GPU")
+    p.add_argument("--permutations", type=int, default=PERMUTATIONS,
+                   help="row shuffles of the second layer for the null (noise floor) of every pair")
 
 
 def _configure_connect(p: argparse.ArgumentParser) -> None:
@@ -284,12 +170,14 @@ def _configure_plane(p: argparse.ArgumentParser) -> None:
 
 def _configure_sharpness(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["lanczos", "power"], default="lanczos")
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--iters", type=int, default=ITERS, help="Hessian-vector products at most")
+    p.add_argument("--tol", type=float, default=TOL,
+                   help="relative tolerance: Lanczos stops once the top Ritz residual is below tol x its value")
     p.add_argument("--probes", type=int, default=0, help="Hutchinson probes for the Hessian trace (0: skip)")
 
 
 def _configure_geometry(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pairs", choices=["all", "consecutive", "first"], default="all",
+    p.add_argument("--pairs", choices=list(PAIRS), default="all",
                    help="which pairs: all, neighbours in the given order, or the first against each other")
     p.add_argument("--barrier", action="store_true", help="also evaluate the straight segment and its error barrier")
     p.add_argument("--t-points", type=int, default=11)
@@ -305,7 +193,9 @@ def _configure_frequency(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box", type=float, default=0.5, help="side of the central box blanked for the background variant")
 
 
-COMMANDS: dict[str, tuple[Callable[[Context], None], Callable[[argparse.ArgumentParser], None], int | str, str]] = {
+Run = Callable[[argparse.Namespace, Checkpoints], None]
+
+COMMANDS: dict[str, tuple[Run, Callable[[argparse.ArgumentParser], None], int | str, str]] = {
     "cca": (run_cca, _configure_cca, 2, "layer x layer CCA/SVCCA/PWCCA/CKA heatmap between two checkpoints"),
     "connect": (run_connect, _configure_connect, 2, "train a mode-connecting curve; loss along curve and segment"),
     "plane": (run_plane, _configure_plane, "+", "loss on the plane through three checkpoints; rest projected"),
@@ -329,11 +219,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return analyze
 
 
-def _entry(run: Callable[[Context], None]) -> Callable[[argparse.Namespace], None]:
+def _entry(run: Run) -> Callable[[argparse.Namespace], None]:
     """The sub-command's func: analysis errors (bad inputs, rank-deficient layers) end as one line, not a traceback."""
     def func(args: argparse.Namespace) -> None:
         try:
-            run(_context(args))
+            run(args, Checkpoints.open(args.checkpoints, _data_overrides(args), args.device, args.out, args.batch_size))
         except ValueError as err:
             raise SystemExit(f"heurbench analyze {args.analysis}: {err}") from None
     return func

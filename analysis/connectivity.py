@@ -6,14 +6,17 @@ E_{t ~ U(0,1)} L(phi_theta(t)), one t sampled per step.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from analysis.evaluation import Batches, LossFn, device_of, evaluate_points, restored, unflatten
+from analysis.evaluation import (Batches, LossFn, device_of, evaluate_points, load_vector, param_vector, restored,
+                                 unflatten)
 from analysis.progress import Progress
 
 KINDS = ("polychain", "bezier", "segment")
@@ -87,3 +90,31 @@ def barriers(rows: list[dict], metric: str = "loss") -> dict[str, float]:
         ordered = sorted((r for r in rows if r["split"] == split), key=lambda r: r["t"])
         out[split] = barrier([1 - r["accuracy"] if metric == "error" else r[metric] for r in ordered])
     return out
+
+
+def connect(model: nn.Module, state_a: dict[str, Tensor], state_b: dict[str, Tensor], splits: dict[str, Batches],
+            train: Batches, curve: str = "polychain", epochs: Sequence[int] = (20,), t_points: int = 21,
+            lr: float = 0.015, momentum: float = 0.9, weight_decay: float = 5e-4,
+            seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, nn.Module]:
+    """Train a `curve` between two states (SGD on `train`, evaluated after each of `epochs`, the last being its
+    length) and compare it with the straight segment (curve_epoch 0): rows (path, curve_epoch, t, split, ...),
+    barriers per (path, curve_epoch, split), and `model` holding the trained bend."""
+    w0, w1 = param_vector(model, state_a), param_vector(model, state_b)
+    ts = torch.linspace(0, 1, t_points).tolist()
+    segment = evaluate_path(model, Curve(w0, w1, "segment"), ts, splits, train)
+    rows = [{"path": "segment", "curve_epoch": 0, **r} for r in segment]
+    path = Curve(w0, w1, curve)
+    optimizer = torch.optim.SGD([path.theta], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    steps_per_epoch, done = math.ceil(len(train) / train.batch_size), 0
+    for epoch in sorted(set(epochs)):
+        train_curve(model, path, train, (epoch - done) * steps_per_epoch, optimizer, seed=seed + epoch)
+        done = epoch
+        rows += [{"path": curve, "curve_epoch": epoch, **r} for r in evaluate_path(model, path, ts, splits, train)]
+    summary = []
+    for (kind, epoch), part in pd.DataFrame(rows).groupby(["path", "curve_epoch"], sort=False):
+        part_rows = part.to_dict("records")
+        losses, errors = barriers(part_rows), barriers(part_rows, "error")
+        summary += [{"path": kind, "curve_epoch": epoch, "split": s, "loss_barrier": losses[s],
+                     "error_barrier": errors[s]} for s in losses]
+    load_vector(model, path.theta.detach())
+    return pd.DataFrame(rows), pd.DataFrame(summary), model

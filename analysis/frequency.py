@@ -7,13 +7,15 @@ keep each image's mean colour (the DC term) so they stay valid uint8 images.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analysis.evaluation import Batches, LossFn, evaluate
+from analysis.loading import build_model
 
 
 def radial_frequency(height: int, width: int) -> Tensor:
@@ -70,3 +72,11 @@ def frequency_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
     """Loss and accuracy of `model` on every variant of a uint8 test set: rows (variant, loss, accuracy)."""
     return [{"variant": name, **evaluate(model, Batches(x, labels, batch_size, transform), loss_fn)}
             for name, x in variants(images, cutoffs, box).items()]
+
+
+def frequency(ckpts: Mapping[str, dict[str, Any]], test: Batches, cutoffs: tuple[float, float] = (1 / 3, 2 / 3),
+              box: float = 0.5, device: str | torch.device = "cpu") -> pd.DataFrame:
+    """`frequency_accuracy` of each checkpoint (id -> dict) on `test`: rows ckpt, variant, loss, accuracy."""
+    return pd.DataFrame([{"ckpt": ckpt_id, **r} for ckpt_id, ckpt in ckpts.items()
+                         for r in frequency_accuracy(build_model(ckpt, device), test.inputs, test.labels,
+                                                     test.transform, test.batch_size, tuple(cutoffs), box)])

@@ -6,9 +6,11 @@ solutions share a basin (Frankle et al. 2020, linear mode connectivity).
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,3 +49,35 @@ def interpolate(model: nn.Module, state_a: dict[str, Tensor], state_b: dict[str,
     segment = Curve(param_vector(model, state_a), param_vector(model, state_b), "segment")
     rows = evaluate_path(model, segment, ts, splits, bn_batches, loss_fn)
     return rows, barriers(rows, "error")
+
+
+PAIRS = {"all": lambda n: list(itertools.combinations(range(n), 2)),
+         "consecutive": lambda n: [(i, i + 1) for i in range(n - 1)],
+         "first": lambda n: [(0, i) for i in range(1, n)]}
+
+
+def _pairs(states: Mapping[str, dict[str, Tensor]], pairs: str) -> list[tuple[str, str]]:
+    """all, neighbours in the given order, or the first against each other: pairs of keys."""
+    if len(states) < 2:
+        raise ValueError("geometry needs at least two checkpoints")
+    keys = list(states)
+    return [(keys[i], keys[j]) for i, j in PAIRS[pairs](len(keys))]
+
+
+def geometry(model: nn.Module, states: Mapping[str, dict[str, Tensor]], pairs: str = "all") -> pd.DataFrame:
+    """`distances` for each pair of states (id -> state dict): rows ckpt_a, ckpt_b, group, distance, angle_deg, ..."""
+    return pd.DataFrame([{"ckpt_a": a, "ckpt_b": b, **r} for a, b in _pairs(states, pairs)
+                         for r in distances(model, states[a], states[b])])
+
+
+def segments(model: nn.Module, states: Mapping[str, dict[str, Tensor]], splits: dict[str, Batches],
+             bn_batches: Batches | None, pairs: str = "all", t_points: int = 11) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`interpolate` along the straight segment of each pair: rows ckpt_a, ckpt_b, t, split, ...; error barriers
+    ckpt_a, ckpt_b, split, error_barrier."""
+    ts = torch.linspace(0, 1, t_points).tolist()
+    rows, bars = [], []
+    for a, b in _pairs(states, pairs):
+        along, error = interpolate(model, states[a], states[b], ts, splits, bn_batches)
+        rows += [{"ckpt_a": a, "ckpt_b": b, **r} for r in along]
+        bars += [{"ckpt_a": a, "ckpt_b": b, "split": s, "error_barrier": v} for s, v in error.items()]
+    return pd.DataFrame(rows), pd.DataFrame(bars)

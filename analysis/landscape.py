@@ -6,13 +6,14 @@ v = w2 - w0 made orthonormal (Gram-Schmidt); a point (x, y) is w0 + x u_hat + y 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analysis.evaluation import Batches, LossFn, evaluate_points
+from analysis.evaluation import Batches, LossFn, evaluate_points, param_vector
 from analysis.progress import Progress
 
 
@@ -69,3 +70,16 @@ def evaluate_plane(model: nn.Module, plane: Plane, xs: Sequence[float], ys: Sequ
     per_point = evaluate_points(model, (plane.point(x, y) for x, y in grid), splits, bn_batches, loss_fn, stack,
                                 Progress(len(grid), "plane grid"))
     return [{"x": x, "y": y, **row} for (x, y), rows in zip(grid, per_point) for row in rows]
+
+
+def plane(model: nn.Module, states: Mapping[str, dict[str, Tensor]], splits: dict[str, Batches], train: Batches,
+          grid: int = 21, margin: float = 0.2) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Loss/accuracy on a grid x grid plane through the first three states (labelled by their keys), covering every
+    state's projection plus `margin` of their span: grid rows (x, y, split, ...), points (label, x, y, residual)."""
+    if len(states) < 3:
+        raise ValueError("plane needs three checkpoints (then any number to project)")
+    vectors = [param_vector(model, s) for s in states.values()]
+    through = Plane.through(*vectors[:3])
+    points = [{"label": k, **dict(zip(("x", "y", "residual"), through.project(v)))} for k, v in zip(states, vectors)]
+    xs, ys = grid_axes([(p["x"], p["y"]) for p in points], grid, margin)
+    return pd.DataFrame(evaluate_plane(model, through, xs, ys, splits, train)), pd.DataFrame(points)

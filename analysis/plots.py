@@ -27,17 +27,45 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def heatmap(matrix, rows: Sequence[str], cols: Sequence[str], path: str | Path, title: str = "",
-            xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float = 1.0) -> Path:
-    """Layer x layer similarity heatmap (rows = first checkpoint's layers)."""
+            xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float = 1.0, marks=None) -> Path:
+    """Layer x layer similarity heatmap (rows = first checkpoint's layers); cells where the boolean
+    matrix `marks` is true get a white x."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 2.5 + 0.35 * len(cols)), max(4.0, 2.0 + 0.35 * len(rows))))
     im = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap="viridis", origin="lower")
+    if marks is not None:
+        i, j = np.nonzero(np.asarray(marks, dtype=bool))
+        ax.scatter(j, i, marker="x", c="white", s=30, linewidths=1)
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax)
     return _save(fig, path)
+
+
+def similarity_heatmap(rows: pd.DataFrame, path: str | Path, title: str = "", xlabel: str = "",
+                       ylabel: str = "") -> Path:
+    """`heatmap` of layer x layer rows (index_a, index_b, layer_a, layer_b, similarity), as `cca_rows` returns.
+    Rows of `layer_similarity` (with n and the permutation null) show the similarity above the null
+    (similarity - null_mean), cells not above every permutation (null_max) marked x, and n in the title."""
+    def grid(column: str) -> np.ndarray:
+        return rows.pivot_table(index="index_a", columns="index_b", values=column, dropna=False).values
+
+    la = rows.drop_duplicates("index_a").sort_values("index_a").layer_a.tolist()
+    lb = rows.drop_duplicates("index_b").sort_values("index_b").layer_b.tolist()
+    if "null_max" not in rows:
+        return heatmap(grid("similarity"), la, lb, path, title, xlabel, ylabel)
+    title += f"\nsimilarity - permutation null; n = {', '.join(map(str, sorted(set(rows.n))))}; x: not above null"
+    return heatmap(grid("similarity") - grid("null_mean"), la, lb, path, title, xlabel, ylabel,
+                   marks=~(grid("similarity") > grid("null_max")))
+
+
+def diagonal_lines(rows: pd.DataFrame, path: str | Path, by: Sequence[str] = (), title: str = "") -> Path:
+    """`lines` of the per-layer similarity (layer_a vs layer_a rows of `layer_similarity`) next to its
+    permutation null (null_mean), one pair of lines per combination of the `by` columns."""
+    long = rows.melt(id_vars=["layer_a", *by], value_vars=["similarity", "null_mean"], var_name="curve")
+    return lines(long, "layer_a", "value", path, by=[*by, "curve"], title=title)
 
 
 def lines(df: pd.DataFrame, x: str, y: str, path: str | Path, by: Sequence[str] = (), title: str = "",
@@ -51,6 +79,8 @@ def lines(df: pd.DataFrame, x: str, y: str, path: str | Path, by: Sequence[str] 
         ax.plot(part[x].astype(str) if part[x].dtype == object else part[x], part[y], marker=".", label=label or None,
                 linestyle=("-", "--", ":", "-.")[n // 10 % 4])  # colours repeat after 10 lines; styles tell them apart
     ax.set(xlabel=x, ylabel=y)
+    if not pd.api.types.is_numeric_dtype(df[x]):  # layer names, variants
+        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     ax.set_title(title, fontsize=9)
     if logy:
         ax.set_yscale("log")

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from analysis.evaluation import Batches, update_bn
+from analysis.evaluation import Batches, evaluate, update_bn
 
 
 def average_states(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -26,3 +27,10 @@ def swa(model: nn.Module, states: Sequence[dict[str, Tensor]], bn_batches: Batch
     model.load_state_dict(average_states(states))
     update_bn(model, bn_batches)
     return model
+
+
+def swa_rows(model: nn.Module, states: Sequence[dict[str, Tensor]], splits: dict[str, Batches],
+             bn_batches: Batches | None) -> tuple[pd.DataFrame, nn.Module]:
+    """`swa`, then loss and accuracy of the average per split: rows (split, loss, accuracy), and the averaged model."""
+    model = swa(model, states, bn_batches)
+    return pd.DataFrame([{"split": name, **evaluate(model, b)} for name, b in splits.items()]), model

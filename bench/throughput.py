@@ -136,7 +136,9 @@ def steady_rate(out: str, iters: int) -> float:
     """Median per-trial images/s of the step rows after the first quarter (compilation, warm-up)."""
     import pandas as pd
 
-    df = pd.read_parquet(Path(out) / "metrics")
+    from harness.layout import RunDir
+
+    df = pd.read_parquet(RunDir(out).metrics)
     steady = df[(df.kind == "step") & (df.iteration > iters // 4)]
     return float(steady.groupby("trial_id").images_per_s.median().sum())
 
@@ -168,7 +170,7 @@ def _packed_worker(args):
 def packed(name: str, n: int, iters: int, device: torch.device, alone: float) -> dict[str, float]:
     """Steady aggregate images/s of n bs-100 trials: one at a time (`alone`, a single trial's rate), as n
     processes sharing the device (Ray's fractional GPUs), and stacked in one process (resources.pack)."""
-    from harness.pack import run_pack
+    from harness.train import run_pack
 
     def processes(tmp):
         jobs = [(name, iters, str(device), f"{tmp}/p{i}", i) for i in range(n)]

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import optim
-from harness.config import OptimCfg
+from harness import data as data_mod, optim
+from harness.config import OptimCfg, TrialConfig
 
 log = logging.getLogger("heurbench.train")
 
@@ -58,3 +58,13 @@ def catapult_lr(model: nn.Module, opt_cfg: OptimCfg, x: torch.Tensor, y: torch.T
         model.zero_grad(set_to_none=True)
     log.info("loss catapult: eta_init = %.4g (loss %.4f at init; target %.4g)", found, loss0, target)
     return found
+
+
+def eta_init(cfg: TrialConfig, model: nn.Module, ds: data_mod.Dataset, spe: int) -> float:
+    """warmup.eta_init as a number: the configured one, or for `catapult` the probed LR on the first global batch
+    (every DDP rank probes the same batch, so all agree)."""
+    if cfg.warmup.eta_init != "catapult":
+        return cfg.warmup.eta_init
+    plan = data_mod.plan_epoch(ds, cfg.seed, 0, spe, cfg.data.batch_size, cfg.data.augment)
+    x, y = data_mod.train_batch(ds, plan, 0)
+    return catapult_lr(model, cfg.optim, x, y, cfg.optim.lr)

@@ -1,19 +1,21 @@
-"""Trial checkpoints: model, optimizer, RNG and step in one file, plus the specs to rebuild the model."""
+"""Trial checkpoints: model, optimizer, RNG and step in one file, plus the specs to rebuild the model.
+
+Everything saved is plain tensors, numbers, strings, lists and mappings, so checkpoints load
+with `weights_only=True`: opening one never runs code from the file.
+"""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from harness.errors import CheckpointError
+from harness.layout import RunDir
 from harness.models import build
 from harness.storage import save_torch
-
-
-def name_for(iteration: int, epoch: int | None = None) -> str:
-    """Checkpoint file name: epoch=030.pt when taken at a listed epoch, else iter=000200.pt."""
-    return f"epoch={epoch:03d}.pt" if epoch is not None else f"iter={iteration:06d}.pt"
 
 
 def rng_state() -> dict:
@@ -34,12 +36,17 @@ def save(path: Path, **payload: Any) -> Path:
 
 
 def load(path: str | Path, device="cpu") -> dict:
+    """A heurbench checkpoint's dict, unpickled with weights_only=True (no code from the file runs)."""
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not a readable heurbench checkpoint (it holds objects other than tensors and "
+                         f"plain values; refused, since loading them could run code)") from None
     except Exception as err:
-        raise ValueError(f"{path}: not a readable heurbench checkpoint ({err})") from None
+        raise CheckpointError(f"{path}: not a readable heurbench checkpoint (truncated or corrupt: "
+                         f"{str(err).split('. ')[0]})") from None
 
 
 def load_model(path: str | Path, device="cpu") -> nn.Module:
@@ -48,3 +55,9 @@ def load_model(path: str | Path, device="cpu") -> nn.Module:
     model = build(ckpt["model_spec"]).to(device)
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def load_ref(ref: str, out: Path, device="cpu") -> dict:
+    """The checkpoint a config names (`model.init_from`, `distill.teacher`): a path, or '@sweep:point:file' in a
+    sibling of the run folder `out` (harness.layout)."""
+    return load(RunDir(out).reference(ref), device)

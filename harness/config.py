@@ -14,12 +14,17 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.errors import ConfigError
+
 Unit = Literal["epoch", "iteration"]
 Scalar = Union[bool, int, float, str, None]
 
 
-class ConfigError(ValueError):
-    """A config problem, already formatted as one line for the user."""
+def known(kind: str, registry: dict, name: str) -> str:
+    """`name` if `registry` has it, else the one-line error listing the known names."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(registry)}")
+    return name
 
 
 class Strict(BaseModel):
@@ -37,16 +42,14 @@ class ModelCfg(Strict):
 
     @field_validator("name")
     @classmethod
-    def _known_model(cls, v: str) -> str:
-        from harness.models import REGISTRY
+    def _known(cls, v: str) -> str:
+        from harness.models import REGISTRY  # registries load torch: imported when a config is checked
 
-        if v not in REGISTRY:
-            raise ValueError(f"unknown model {v!r}; expected one of {sorted(REGISTRY)}")
-        return v
+        return known("model", REGISTRY, v)
 
 
 class DataCfg(Strict):
-    name: Literal["cifar10", "cifar100", "parquet", "digits"]
+    name: str
     root: Optional[str] = None
     train_subset: Optional[int] = Field(None, gt=0)
     test_subset: Optional[int] = Field(None, gt=0)
@@ -54,6 +57,13 @@ class DataCfg(Strict):
     augment: bool = True
     batch_size: int = Field(100, gt=0, description="global batch, split across DDP ranks")
     eval_batch_size: int = Field(1000, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from harness.data import REGISTRY
+
+        return known("data set", REGISTRY, v)
 
     @model_validator(mode="after")
     def _root_needed(self):
@@ -63,7 +73,7 @@ class DataCfg(Strict):
 
 
 class OptimCfg(Strict):
-    name: Literal["sgd", "adam", "gi_adam", "sphere_sgd"]
+    name: str
     lr: float = Field(gt=0, description="base LR; for sphere_sgd the effective LR on the unit sphere")
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
@@ -71,9 +81,16 @@ class OptimCfg(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from harness.optim import REGISTRY
+
+        return known("optimizer", REGISTRY, v)
+
 
 class ScheduleCfg(Strict):
-    name: Literal["constant", "step", "linear", "cosine", "sgdr"] = "constant"
+    name: str = "constant"
     unit: Unit = Field("epoch", description="unit of milestones and t0")
     milestones: list[int] = Field(default_factory=list)
     factor: float = Field(0.1, gt=0, description="step: LR multiplier at each milestone")
@@ -81,6 +98,13 @@ class ScheduleCfg(Strict):
     t_mult: int = Field(2, ge=1, description="sgdr: cycle length multiplier")
     eta_min: float = Field(0.0, ge=0, description="floor of linear, cosine and sgdr")
     eta_max: Optional[float] = Field(None, gt=0, description="sgdr peak; defaults to optim.lr")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from harness.schedules import REGISTRY
+
+        return known("schedule", REGISTRY, v)
 
     @field_validator("milestones")
     @classmethod

@@ -13,17 +13,18 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
 
-from harness.config import DataCfg
+from harness.errors import DataError
 from harness.storage import atomic_write
 
+if TYPE_CHECKING:
+    from harness.config import DataCfg
 
-class DataError(ValueError):
-    """A data set that is missing or unreadable, described in one line."""
+Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (train, test) images and labels
 
 
 @dataclass
@@ -130,7 +131,12 @@ def read_parquet_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return cached([path], "parquet", decode)
 
 
-def read_cifar_folder(root: Path, name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def read_parquet_folder(root: Path) -> Arrays:
+    """train.parquet and test.parquet under data.root."""
+    return read_parquet_split(root / "train.parquet"), read_parquet_split(root / "test.parquet")
+
+
+def read_cifar_folder(root: Path, name: str) -> Arrays:
     """torchvision's cifar-10-batches-py / cifar-100-python pickles (root or its parent)."""
     sub, train_files, test_files, key = {
         "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
@@ -156,7 +162,7 @@ def read_cifar_folder(root: Path, name: str) -> tuple[tuple[np.ndarray, np.ndarr
     return load(train_files), load(test_files)
 
 
-def read_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def read_digits() -> Arrays:
     """scikit-learn's bundled handwritten digits (1,797 real 8x8 scans), as 32x32 RGB."""
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
@@ -172,16 +178,20 @@ def read_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.n
     return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
 
 
+REGISTRY: dict[str, Callable[[Optional[Path]], Arrays]] = {
+    "cifar10": lambda root: read_cifar_folder(root, "cifar10"),
+    "cifar100": lambda root: read_cifar_folder(root, "cifar100"),
+    "parquet": read_parquet_folder,
+    "digits": lambda root: read_digits(),
+}
+
+
 def load(spec: DataCfg | dict) -> Dataset:
     """The public entry point (analysis uses it too): a Dataset from a data spec."""
+    from harness.config import DataCfg  # a mapping spec (analysis) is checked like a trial's data section
+
     cfg = spec if isinstance(spec, DataCfg) else DataCfg.model_validate(spec)
-    root = Path(cfg.root) if cfg.root else None
-    if cfg.name == "digits":
-        (xtr, ytr), (xte, yte) = read_digits()
-    elif cfg.name == "parquet":
-        (xtr, ytr), (xte, yte) = read_parquet_split(root / "train.parquet"), read_parquet_split(root / "test.parquet")
-    else:
-        (xtr, ytr), (xte, yte) = read_cifar_folder(root, cfg.name)
+    (xtr, ytr), (xte, yte) = REGISTRY[cfg.name](Path(cfg.root) if cfg.root else None)
     num_classes = int(max(ytr.max(), yte.max())) + 1
     train = Split(torch.from_numpy(xtr), torch.from_numpy(ytr))
     test = Split(torch.from_numpy(xte), torch.from_numpy(yte)).head(cfg.test_subset)

@@ -1,10 +1,13 @@
 """Optimizers by YAML name: SGD, Adam, GI-Adam and projected SGD on the unit sphere."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import torch
 from torch import nn
 
-from harness.config import OptimCfg
+if TYPE_CHECKING:
+    from harness.config import OptimCfg
 
 
 class GIAdam(torch.optim.Optimizer):
@@ -78,16 +81,18 @@ class SphereSGD(torch.optim.Optimizer):
         self._renormalize()
 
 
+REGISTRY: dict[str, Callable[[OptimCfg, list[nn.Parameter]], torch.optim.Optimizer]] = {
+    "sgd": lambda c, params: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                             weight_decay=c.weight_decay),
+    "adam": lambda c, params: torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps,
+                                               weight_decay=c.weight_decay),
+    "gi_adam": lambda c, params: GIAdam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay),
+    "sphere_sgd": lambda c, params: SphereSGD(params, lr=c.lr, momentum=c.momentum),
+}
+
+
 def build(cfg: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.name == "gi_adam":
-        return GIAdam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    return SphereSGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    return REGISTRY[cfg.name](cfg, [p for p in model.parameters() if p.requires_grad])
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

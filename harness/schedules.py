@@ -1,14 +1,15 @@
 """Learning-rate schedules as pure functions of the iteration: `lr_at(it) -> float`.
 
 Lengths given in epochs are converted to iterations once, so every schedule is stepped
-per iteration. Warmup wraps any schedule: linear from eta_init to the schedule's value.
+per iteration. Warmup wraps any of them (harness/warmup.py).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from harness.config import ScheduleCfg, WarmupCfg
+if TYPE_CHECKING:
+    from harness.config import ScheduleCfg
 
 LrFn = Callable[[int], float]
 
@@ -55,13 +56,5 @@ def to_iters(n: int, unit: str, spe: int) -> int:
     return n * spe if unit == "epoch" else n
 
 
-def with_warmup(base: LrFn, warmup: WarmupCfg, spe: int) -> LrFn:
-    """Linear warmup from eta_init at iteration 0 to base(n) at iteration n = warmup length."""
-    n = to_iters(warmup.length, warmup.unit, spe)
-    if n == 0:
-        return base
-    return lambda it: warmup.eta_init + (base(it) - warmup.eta_init) * it / n if it < n else base(it)
-
-
-def build(cfg: ScheduleCfg, warmup: WarmupCfg, lr: float, spe: int, total: int) -> LrFn:
-    return with_warmup(REGISTRY[cfg.name](cfg, lr, spe, total), warmup, spe)
+def build(cfg: ScheduleCfg, lr: float, spe: int, total: int) -> LrFn:
+    return REGISTRY[cfg.name](cfg, lr, spe, total)

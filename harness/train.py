@@ -1,61 +1,34 @@
-"""One trial, top to bottom: data, model, optimizer, schedule; then per iteration
-lr = lr_at(it), forward, backward, freeze, step, log, maybe evaluate and checkpoint.
+"""The training loop, written once over K members: K = 1 for a plain trial, K > 1 for a pack.
 
-The same function runs alone (`heurbench train`), as a DDP rank (torchrun, srun, Ray
-Train) and inside a Ray Tune trial. Only rank 0 writes files.
+Per iteration: save the checkpoints due, lr = lr_at(it), forward + backward (the engine),
+optimizer step, divergence check, a step row every `train_stride` iterations, and at each
+evaluation the train/val/test rows plus the rolling `last.pt`. How a step is computed is
+the engine's business: `ModuleEngine` (one model: DDP, compile, any optimizer, freeze,
+distillation, catapult) or the stacked engine (K models vmapped, SGD per member).
+
+`run_trial` runs alone (`heurbench train`), as a DDP rank (torchrun, srun, Ray Train) and
+inside a Ray Tune trial; only rank 0 writes files. `run_pack` trains several trials of a
+sweep in one process.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from harness import checkpoints, data as data_mod, distributed, optim, schedules
-from harness.catapult import catapult_lr
-from harness.config import ConfigError, TrialConfig
-from harness.distill import kd_loss, load_teacher
-from harness.freeze import Freezer
-from harness.models import build
+from harness import data as data_mod, distributed, metrics, schedules
+from harness.config import TrialConfig
+from harness.module_engine import ModuleEngine
+from harness.pack import check_packable
 from harness.record import TrialRecord, finished_state
-from harness.refs import resolve
+from harness.stacked_engine import stacked_engine
+from harness.trial import eval_interval, model_spec, steps
+from harness.warmup import with_warmup
 
 log = logging.getLogger("heurbench.train")
-NAN = float("nan")
-
-
-def model_spec(cfg: TrialConfig, ds: data_mod.Dataset) -> dict:
-    return {**cfg.model.model_dump(mode="json"), "num_classes": ds.num_classes,
-            "in_channels": int(ds.train.images.shape[1])}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, ds: data_mod.Dataset, split: data_mod.Split, batch: int, d: distributed.Dist,
-             amp) -> tuple[float, float]:
-    """Mean loss and accuracy over a split, sharded over ranks and summed."""
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=split.images.device)
-    idx = torch.arange(d.rank, len(split), d.world, device=split.images.device)
-    for lo in range(0, len(idx), batch):
-        i = idx[lo:lo + batch]
-        with amp():
-            out = model(ds.normalize(split.images[i])).float()
-        y = split.labels[i]
-        sums[0] += F.cross_entropy(out, y, reduction="sum").double()
-        sums[1] += (out.argmax(1) == y).sum()
-        sums[2] += len(i)
-    distributed.all_reduce_sum(sums, d)
-    model.train()
-    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
-
-
-def global_norm(tensors) -> float:
-    ts = [t for t in tensors if t is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in ts])).item() if ts else NAN
 
 
 def fmt_eta(seconds: float) -> str:
@@ -63,157 +36,143 @@ def fmt_eta(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def steps(cfg: TrialConfig, n_train: int) -> tuple[int, int]:
-    """(iterations per epoch, total iterations) of a trial on `n_train` images."""
-    spe = n_train // cfg.data.batch_size
-    if spe == 0:
-        raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: larger than the {n_train} train images")
-    return spe, cfg.budget.iterations or cfg.budget.epochs * spe
-
-
-def autocast(cfg: TrialConfig, device: torch.device):
-    """bf16 autocast on CUDA when perf.bf16, else a no-op context."""
-    if device.type == "cuda" and cfg.perf.bf16:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def eval_interval(cfg: TrialConfig, spe: int) -> int:
-    """Iterations between evaluations."""
-    return cfg.eval.every * (spe if cfg.eval.unit == "epoch" else 1)
-
-
-def memory_format(cfg: TrialConfig) -> torch.memory_format:
-    return torch.channels_last if cfg.perf.channels_last else torch.contiguous_format
-
-
-def progress(tid: str, it: int, total: int, spe: int, loss: float, lr: float, rate: float, batch: int) -> None:
-    log.info("trial %s it %d/%d ep %.2f loss %.4f lr %.4g | %.0f img/s | ETA %s", tid, it, total, it / spe, loss, lr,
-             rate, fmt_eta((total - it) * batch / max(rate, 1e-9)))
+def progress(label: str, it: int, total: int, spe: int, loss: float, lr: float, rate: float, batch: int) -> None:
+    log.info("trial %s it %d/%d ep %.2f loss %.4f lr %.4g | %.0f img/s | ETA %s", label, it, total, it / spe, loss,
+             lr, rate, fmt_eta((total - it) * batch / max(rate, 1e-9)))
 
 
 def run_trial(cfg: TrialConfig, out: str | Path, resume: bool = False, sweep: str = "") -> str:
-    """Train one trial into `out` (runs/<sweep>/ layout); returns the final status."""
+    """Train one trial into `out` (a run folder, harness.layout); returns its final state."""
     out = Path(out)
     d, device = distributed.setup(cfg.perf.device)
     try:
-        return _run(cfg, out, resume, sweep or out.name, d, device)
+        return train([cfg], out, resume, sweep or out.name, d, device, ModuleEngine)[0]
     finally:
         distributed.teardown(d)
 
 
-def _run(cfg: TrialConfig, out: Path, resume: bool, sweep: str, d: distributed.Dist, device: torch.device) -> str:
-    ended = finished_state(out, cfg) if resume else None
-    if ended:
-        log.info("trial %s already %s; skipping", cfg.trial_id(), ended)
-        return ended
-    torch.manual_seed(cfg.seed)
-    ds = data_mod.load(cfg.data).to(device)
+def run_pack(cfgs: list[TrialConfig], out: str | Path, resume: bool = True, sweep: str = "") -> list[str]:
+    """Train `cfgs` as one stacked pack into `out`; returns each trial's final state. Trials already
+    finished are skipped; if the rest were left at different iterations they resume one by one."""
+    out = Path(out)
+    check_packable(cfgs)
+    d, device = distributed.setup(cfgs[0].perf.device)
+    try:
+        return train(cfgs, out, resume, sweep or out.name, d, device, stacked_engine)
+    finally:
+        distributed.teardown(d)
+
+
+def train(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d: distributed.Dist, device: torch.device,
+          engine_for: Callable) -> list[str]:
+    """Load the data, open each unfinished trial's record (resuming from its last.pt), build the engine, run the
+    loop; returns every trial's final state."""
+    states = [finished_state(out, c) if resume else None for c in cfgs]
+    for c, s in zip(cfgs, states):
+        if s:
+            log.info("trial %s already %s; skipping", c.trial_id(), s)
+    todo = [c for c, s in zip(cfgs, states) if not s]
+    if not todo:
+        return states
+    torch.manual_seed(todo[0].seed)
+    ds = data_mod.load(todo[0].data).to(device)
+    spe, total = steps(todo[0], len(ds.train))
+    spec = model_spec(todo[0], ds)
+    recs = [TrialRecord(c, out, sweep, spec, spe, total, d.world, d.main) for c in todo]
+    cks = [r.resume_from(device) if resume else None for r in recs]
+    if len({ck["iteration"] if ck else 0 for ck in cks}) > 1:
+        log.warning("pack: members left at different iterations; resuming them one at a time")
+        return [s or run_trial(c, out, True, sweep) for c, s in zip(cfgs, states)]
+    engine = engine_for(todo, ds, spe, d, device, cks, out)
+    loop(engine, recs, cks, ds, spe, total)
+    ended = iter(r.ended for r in recs)
+    return [s or next(ended) for s in states]
+
+
+def lr_table(lr_fns: list[schedules.LrFn], epoch: int, spe: int, total: int, device: torch.device) \
+        -> tuple[list[list[float]], torch.Tensor]:
+    """Every member's learning rates over one epoch, [steps][K], as floats and as one tensor on the device
+    (copied once per epoch, so that a step copies nothing from the host)."""
+    rows = [[f(it) for f in lr_fns] for it in range(epoch * spe, min((epoch + 1) * spe, total))]
+    return rows, torch.tensor(rows, device=device)
+
+
+def loop(engine, recs: list[TrialRecord], cks: list[Optional[dict]], ds: data_mod.Dataset, spe: int,
+         total: int) -> None:
+    """Train every member from its records' iteration to `total` or until it diverges; each record ends
+    'done' or 'diverged'."""
+    cfg, K, device = recs[0].cfg, len(recs), engine.device
     B = cfg.data.batch_size
-    if B % d.world:
-        raise ConfigError(f"data.batch_size = {B}: must be divisible by the {d.world} DDP ranks")
-    spe, total = steps(cfg, len(ds.train))
-    spec = model_spec(cfg, ds)
-    rec = TrialRecord(cfg, out, sweep, spec, spe, total, d.world, d.main)
-
-    model = build(spec).to(device)
-    if cfg.model.init_from:
-        model.load_state_dict(checkpoints.load(resolve(cfg.model.init_from, out), device)["model"])
-    if cfg.perf.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = optim.build(cfg.optim, model)
-    freezer = Freezer(cfg.freeze, model, spe)
-    teacher = load_teacher(cfg.distill, out, device) if cfg.distill else None
-
-    ck = rec.resume_from(device) if resume else None
-    if ck:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        checkpoints.set_rng_state(ck["rng"])
-        eta_init = ck.get("eta_init", 0.0)
-        log.info("trial %s resuming at iteration %d/%d", rec.tid, ck["iteration"], total)
-    else:
-        eta_init = cfg.warmup.eta_init
-        if eta_init == "catapult":  # every rank probes the same global batch, so all agree
-            x, y = data_mod.train_batch(ds, data_mod.plan_epoch(ds, cfg.seed, 0, spe, B, cfg.data.augment), 0)
-            eta_init = catapult_lr(model, cfg.optim, x, y, cfg.optim.lr)
-    rec.open(ck, eta_init)
-    lr_at = schedules.build(cfg.schedule, cfg.warmup.model_copy(update={"eta_init": eta_init}), cfg.optim.lr, spe,
-                            total)
-
-    net = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if cfg.perf.compile:
-        net = torch.compile(net, mode=cfg.perf.compile)
-    amp = autocast(cfg, device)
-    mem = memory_format(cfg)
+    label = recs[0].tid if K == 1 else f"pack[{K}] {recs[0].tid}.."
+    lr_fns = []
+    for r, ck, eta_init in zip(recs, cks, engine.eta_inits):
+        r.open(ck, eta_init)
+        lr_fns.append(with_warmup(schedules.build(r.cfg.schedule, r.cfg.optim.lr, spe, total), r.cfg.warmup, eta_init,
+                                  spe))
+    it = recs[0].iteration
+    if it:
+        log.info("trial %s resuming at iteration %d/%d", label, it, total)
     eval_every = eval_interval(cfg, spe)
+    stride, log_every = cfg.eval.train_stride, cfg.eval.log_every
 
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count since the last eval
-    bad_at = torch.full((), -1, dtype=torch.long, device=device)  # first iteration with a non-finite loss
-    it = rec.iteration
+    alive = torch.ones(K, dtype=torch.bool, device=device)
+    sums = torch.zeros(K, 3, dtype=torch.float64, device=device)  # per member: loss, correct, count since eval
+    bad_at = torch.full((K,), -1, dtype=torch.long, device=device)  # per member: first non-finite loss
     t_mark, it_mark = time.perf_counter(), it
-    t_start = time.perf_counter() - (ck["elapsed"] if ck else 0.0)
-    plan = None
-    net.train()
-    while it < total:
+    t_start = time.perf_counter() - (cks[0]["elapsed"] if cks[0] else 0.0)
+    live = [i for i, r in enumerate(recs) if not r.ended]
+    lrs_epoch = None
+    while it < total and live:
         epoch, step = divmod(it, spe)
-        if plan is None or step == 0:
-            plan = data_mod.plan_epoch(ds, cfg.seed, epoch, spe, B, cfg.data.augment)
-        rec.save_named(it, model.state_dict)
-        lr = lr_at(it)
-        optim.set_lr(opt, lr)
-        x, y = data_mod.train_batch(ds, plan, step, d.rank, d.world)
-        x = x.contiguous(memory_format=mem)
-        with amp():
-            logits = net(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = kd_loss(logits.float(), t_logits.float(), y, cfg.distill.temperature, cfg.distill.weight)
-            else:
-                loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        freezer.apply(it)
-        ld = loss.detach()
-        bad_at = torch.where((bad_at < 0) & ~torch.isfinite(ld), it, bad_at)
-        sums[0] += ld.double() * len(y)
-        sums[1] += (logits.detach().argmax(1) == y).sum()
-        sums[2] += len(y)
-        log_row = it % cfg.eval.train_stride == 0
-        grad_norm = global_norm(p.grad for p in model.parameters()) if log_row else NAN
-        opt.step()
+        if lrs_epoch is None or step == 0:
+            engine.plan_epoch(epoch)
+            lrs_epoch, lrs_device = lr_table(lr_fns, epoch, spe, total, device)
+        for i in live:
+            recs[i].save_named(it, lambda i=i: engine.member_state(i))
+        lrs = lrs_epoch[step]
+        losses, correct, count = engine.forward_backward(step, it, alive)
+        bad_at = torch.where((bad_at < 0) & ~torch.isfinite(losses), it, bad_at)
+        sums[:, 0] += losses.double() * count
+        sums[:, 1] += correct
+        sums[:, 2] += count
+        log_row = it % stride == 0
+        grad_norms = engine.grad_norms() if log_row else None
+        engine.step(lrs, lrs_device[step])
         it += 1
         due_eval = it % eval_every == 0 or it == total
-        if log_row or it % cfg.eval.log_every == 0 or due_eval:
-            bad = distributed.first_flagged(bad_at, d)
-            if bad >= 0:
-                log.warning("trial %s diverged: non-finite loss at iteration %d", rec.tid, bad)
-                return rec.finish(it, "diverged", diverged_at=bad, reason=f"non-finite loss at iteration {bad}")
+        if log_row or it % log_every == 0 or due_eval:
+            for i, bad in enumerate(engine.first_flagged(bad_at)):
+                if bad >= 0 and not recs[i].ended:
+                    log.warning("trial %s diverged: non-finite loss at iteration %d", recs[i].tid, bad)
+                    recs[i].finish(it, "diverged", diverged_at=bad, reason=f"non-finite loss at iteration {bad}")
+                    alive[i] = False
+            live = [i for i, r in enumerate(recs) if not r.ended]
         now = time.perf_counter()
-        rate = (it - it_mark) * B / max(now - t_mark, 1e-9)
-        if log_row:
-            loss_g = distributed.all_reduce_sum(ld.clone().float(), d).item() / d.world
-            rec.add(kind="step", split="train", epoch=(it - 1) / spe, iteration=it - 1, lr=lr, loss=loss_g,
-                    accuracy=NAN, grad_norm=grad_norm, weight_norm=global_norm(model.parameters()),
-                    wall_time=now - t_start, images_per_s=rate)
-        if it % cfg.eval.log_every == 0 and d.main:
-            progress(rec.tid, it, total, spe, ld.item(), lr, rate, B)
-        if due_eval:
-            distributed.all_reduce_sum(sums, d)
-            row = dict(epoch=it / spe, iteration=it, lr=lr, grad_norm=NAN, weight_norm=global_norm(model.parameters()),
-                       wall_time=now - t_start, images_per_s=rate)
-            rec.add(kind="eval", split="train", loss=(sums[0] / sums[2]).item(), accuracy=(sums[1] / sums[2]).item(),
-                    **row)
+        rate = (it - it_mark) * B / max(now - t_mark, 1e-9)  # per member
+        weight_norms = engine.weight_norms() if live and (log_row or due_eval) else None
+        if log_row and live:
+            step_losses = engine.step_losses(losses)
+            for i in live:
+                recs[i].add(metrics.row("step", "train", epoch=(it - 1) / spe, iteration=it - 1, lr=lrs[i],
+                                        loss=step_losses[i], grad_norm=grad_norms[i], weight_norm=weight_norms[i],
+                                        wall_time=now - t_start, images_per_s=rate))
+        if it % log_every == 0 and engine.main and live:
+            progress(label, it, total, spe, losses[alive].mean().item() if live else metrics.NAN, lrs[0], rate * K,
+                     B * K)
+        if due_eval and live:
+            splits = {"train": engine.reduce(sums.clone())}
+            splits.update({name: engine.evaluate(s) for name, s in (("val", ds.val), ("test", ds.test))
+                           if s is not None})
             sums.zero_()
-            for split_name, split in (("val", ds.val), ("test", ds.test)):
-                if split is not None:
-                    loss_v, acc_v = evaluate(model, ds, split, cfg.data.eval_batch_size, d, amp)
-                    rec.add(kind="eval", split=split_name, loss=loss_v, accuracy=acc_v, **row)
-            rec.save_last(it, model.state_dict(), opt.state_dict(), time.perf_counter() - t_start)
+            for i in live:
+                at = dict(epoch=it / spe, iteration=it, lr=lrs[i], weight_norm=weight_norms[i],
+                          wall_time=now - t_start, images_per_s=rate)
+                for name, s in splits.items():
+                    recs[i].add(metrics.row("eval", name, loss=(s[i, 0] / s[i, 2]).item(),
+                                            accuracy=(s[i, 1] / s[i, 2]).item(), **at))
+                recs[i].save_last(it, engine.member_state(i), engine.optimizer_state(i), time.perf_counter() - t_start)
         if log_row or due_eval:  # each row's images/s covers the iterations since the previous row
             t_mark, it_mark = time.perf_counter(), it
-    rec.save_named(it, model.state_dict)
-    return rec.finish(it, "done")
+    for i in live:
+        recs[i].save_named(it, lambda i=i: engine.member_state(i))
+        recs[i].finish(it, "done")

@@ -4,7 +4,7 @@ array: one SLURM job per unfinished trial (a job array per sweep, chained with a
        for depends_on); each job resumes its trial, and requeues itself on timeout or
        preemption through submitit's `checkpoint()`.
 ray:   one allocation of N nodes; a Ray head on the first node, Ray workers on the rest,
-       and the Tune sweep driver on the head (`harness.sweep.run_sweep`).
+       and the Tune sweep driver on the head (`harness.tune_driver.run_sweep`).
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
+from harness.grid import FINISHED, Sweep, in_order, state_of, write_resolved
+from harness.runner import log_to_stderr, run_point
 from harness.storage import write_text
-from harness.sweep import (FINISHED, Sweep, in_order, log_to_stderr, run_point, run_sweep, state_of,
-                           write_resolved)
+from harness.tune_driver import run_sweep
 
 log = logging.getLogger("heurbench.slurm")
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}

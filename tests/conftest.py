@@ -1,4 +1,4 @@
-"""Shared fixtures: the real CIFAR-10 Parquet files in ../shared and small trial configs."""
+"""Shared fixtures: the real CIFAR-10 Parquet files in ../shared, small trial configs, one Ray cluster."""
 from __future__ import annotations
 
 import copy
@@ -43,3 +43,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One real local Ray cluster (2 CPUs) for the whole test session; sweep drivers join it with --address."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.activations import capture, fixed_inputs, to_points
+from analysis.activations import capture, fixed_inputs, points, to_points
+from harness.errors import ConfigError
 
 
 class Toy(nn.Module):
@@ -52,8 +53,10 @@ def test_fixed_inputs_first_or_seeded():
     a, b = fixed_inputs(images, 10, seed=3), fixed_inputs(images, 10, seed=3)
     assert torch.equal(a, b) and a.flatten().tolist() == sorted(a.flatten().tolist())
     assert not torch.equal(a, fixed_inputs(images, 10, seed=4))
-    with pytest.raises(ValueError, match="only 100"):
-        fixed_inputs(images, 101)
+    assert torch.equal(fixed_inputs(images), images)
+    with pytest.raises(ConfigError) as err:
+        fixed_inputs(images, 101, split="test")
+    assert str(err.value) == "--inputs 101: the test split has only 100 images"
 
 
 def test_to_points_positions_mean_and_subsample():
@@ -67,6 +70,7 @@ def test_to_points_positions_mean_and_subsample():
     torch.testing.assert_close(ma, a.mean(dim=(2, 3)))
     fa, fb = to_points(a, torch.randn(2, 7))
     assert fa.shape == (2, 3) and fb.shape == (2, 7)
+    assert points(a, b) == 8 and points(a, a) == 32 and points(a, b, conv="mean") == points(a, fb) == 2
     sa, sb = to_points(a, a, max_points=5, seed=1)
     assert sa.shape == (5, 3) and torch.equal(sa, sb)
     with pytest.raises(ValueError, match="different inputs"):

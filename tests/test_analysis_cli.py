@@ -50,10 +50,36 @@ def test_every_subcommand_is_registered_with_func():
     assert callable(args.func) and args.measure == "cka"
 
 
+def test_cca_rows_written_are_the_library_functions_rows(sweep, tmp_path, capsys):
+    from analysis.cca import cca_rows
+    from analysis.loading import Checkpoints
+
+    _, p = sweep
+    layers = ["classifier.1", "classifier.3"]
+    run("cca", p["e1"], p["e2"], "--measure", "cka", "--inputs", 30, "--layers", *layers, "--device", "cpu",
+        "--out", tmp_path)
+    cs = Checkpoints.open([p["e1"], p["e2"]], device="cpu")
+    test = cs.batches("test", 30)
+    rows = cca_rows(cs.model(0), cs.model(1), test.inputs, test.transform, layers_a=layers, layers_b=layers,
+                    measure="cka")
+    written = results.read(tmp_path, "cca")
+    assert {"n", "d_a", "d_b", "null_mean", "null_max", "underdetermined"} <= set(rows.columns)
+    assert written[rows.columns].to_dict("records") == rows.to_dict("records")
+    assert set(written.ckpts) == {"student/epoch=001,student/epoch=002"} and set(written.inputs) == {30}
+    assert set(written.permutations) == {3} and set(written.n) == {30}
+
+
+def test_cca_more_inputs_than_the_split_is_a_one_line_error(sweep, tmp_path):
+    _, p = sweep
+    with pytest.raises(SystemExit) as err:
+        run("cca", p["e1"], p["e2"], "--inputs", 40, "--device", "cpu", "--out", tmp_path)
+    assert str(err.value) == "heurbench analyze cca: --inputs 40: the test split has only 32 images"
+
+
 @pytest.mark.slow
 def test_cca_between_student_and_vgg_bn(sweep, capsys):
     root, p = sweep
-    run("cca", p["e1"], p["bn"], "--measure", "cka", "--inputs", 40, "--layers-b", "features.3", "features.7",
+    run("cca", p["e1"], p["bn"], "--measure", "cka", "--inputs", 32, "--layers-b", "features.3", "features.7",
         "classifier.6", "--device", "cpu")
     df = results.read(root, "cca")
     assert len(df) == 5 * 3 and set(df["ckpt_a"]) == {"student/epoch=001"} and set(df["ckpt_b"]) == {"vggbn/epoch=004"}

@@ -1,11 +1,12 @@
-"""analysis.results and analysis.checkpoints: atomic, keyed Parquet parts; checkpoint ids and sweep folders."""
+"""analysis.results and analysis.loading: atomic, keyed Parquet parts; checkpoint ids and run folders."""
 import os
 
 import pandas as pd
 import pytest
 import torch
 
-from analysis import checkpoints, results
+from analysis import loading, results
+from harness.layout import run_of_checkpoint
 
 
 def test_write_is_keyed_and_idempotent(tmp_path):
@@ -33,21 +34,22 @@ def test_failed_write_leaves_no_file(tmp_path):
         results.read(tmp_path, "nothing")
 
 
-def test_checkpoint_id_and_sweep_dir(tmp_path):
+def test_checkpoint_id_and_run_folder(tmp_path):
     path = tmp_path / "runs" / "s2" / "trials" / "abc123" / "ckpt" / "epoch=030.pt"
     path.parent.mkdir(parents=True)
     torch.save({"model": {}, "model_spec": {"name": "vgg16"}, "trial_id": "abc123"}, path)
-    ckpt = checkpoints.load(path)
-    assert checkpoints.checkpoint_id(ckpt) == "abc123/epoch=030"
-    assert checkpoints.sweep_dir(path) == (tmp_path / "runs" / "s2").resolve()
+    ckpt = loading.load(path)
+    assert loading.checkpoint_id(path) == loading.checkpoint_id(ckpt["path"], ckpt["trial_id"]) == "abc123/epoch=030"
+    assert run_of_checkpoint(path).path == (tmp_path / "runs" / "s2").resolve()
     loose = tmp_path / "last.pt"
-    torch.save({"model": {}, "model_spec": {}}, loose)
-    assert checkpoints.checkpoint_id(checkpoints.load(loose)) == f"{tmp_path.name}/last"
-    assert checkpoints.sweep_dir(loose) == tmp_path.resolve()
+    torch.save({"model": {}, "model_spec": {}, "trial_id": "moved"}, loose)
+    assert loading.checkpoint_id(loose) == f"{tmp_path.name}/last"
+    assert loading.checkpoint_id(loose, loading.load(loose)["trial_id"]) == "moved/last"  # the stored trial wins
+    assert run_of_checkpoint(loose).path == tmp_path.resolve()
     derived = tmp_path / "runs" / "s2" / "derived" / "connect" / "bend-x.pt"
-    assert checkpoints.sweep_dir(derived) == (tmp_path / "runs" / "s2").resolve()
+    assert run_of_checkpoint(derived).path == (tmp_path / "runs" / "s2").resolve()
     torch.save({"weights": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a heurbench checkpoint"):
-        checkpoints.load(tmp_path / "other.pt")
+        loading.load(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
-        checkpoints.load(tmp_path / "missing.pt")
+        loading.load(tmp_path / "missing.pt")

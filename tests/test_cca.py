@@ -1,9 +1,15 @@
-"""analysis.cca against brute-force numpy references written here, plus invariances and errors."""
+"""analysis.cca against brute-force numpy references written here, plus invariances, noise floors and errors."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from analysis.cca import cca, layer_similarity, linear_cka, mean_cca, minibatch_cka, pwcca, svcca, svd_reduce
+from analysis.cca import (cca, cca_rows, debiased_cka, layer_similarity, linear_cka, mean_cca, minibatch_cka,
+                          pair_similarity, pwcca, svcca, svd_reduce)
+
+COLUMNS = ["layer_a", "layer_b", "index_a", "index_b", "similarity", "n", "d_a", "d_b", "underdetermined",
+           "null_mean", "null_max"]
 
 
 def np_cca(x, y):
@@ -168,27 +174,118 @@ def test_rank_deficient_and_tiny_inputs_raise_clear_errors():
     assert np.isfinite(svcca(t(dup), t(y)))
 
 
+def heat(rows):
+    return torch.tensor(rows.pivot(index="index_a", columns="index_b", values="similarity").values)
+
+
 def test_layer_similarity_heatmap_over_conv_and_flat_layers():
     g = torch.Generator().manual_seed(0)
-    conv = torch.randn(40, 6, 8, 8, generator=g)
+    conv = torch.randn(400, 6, 8, 8, generator=g)
     pooled = torch.nn.functional.avg_pool2d(conv, 2)  # same features, coarser grid
     rotation = torch.linalg.qr(torch.randn(6, 6, generator=g))[0]
     flat = 2.0 * conv.mean(dim=(2, 3)) @ rotation
     acts = {"c": conv, "p": pooled, "f": flat}
-    heat = layer_similarity(acts, acts, measure="cka")
-    assert heat.shape == (3, 3)
-    torch.testing.assert_close(heat.diagonal(), torch.ones(3, dtype=torch.float64))
-    assert heat[0, 1] == pytest.approx(1.0)  # conv pooled to the 4x4 grid of `pooled` is identical
-    assert heat[0, 2] == pytest.approx(1.0)  # conv vs flat: spatial mean, then a scaled rotation
+    rows = layer_similarity(acts, acts, measure="cka")
+    h = heat(rows)
+    assert h.shape == (3, 3)
+    assert set(rows.n) == {400}  # conv-conv pairs (400 x 16 or 64 positions) subsampled to the flat pairs' n
+    torch.testing.assert_close(h.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert h[0, 1] == pytest.approx(1.0)  # conv pooled to the 4x4 grid of `pooled` is identical
+    assert h[0, 2] == pytest.approx(1.0)  # conv vs flat: spatial mean, then a scaled rotation
     stretched = {"f": conv.mean(dim=(2, 3)) @ torch.randn(6, 6, generator=g)}
-    assert layer_similarity({"c": conv}, stretched, measure="cca")[0, 0] == pytest.approx(1.0)
-    assert layer_similarity({"c": conv}, stretched, measure="cka")[0, 0] < 0.99
-    torch.testing.assert_close(heat, heat.T)
+    assert heat(layer_similarity({"c": conv}, stretched, measure="cca"))[0, 0] == pytest.approx(1.0)
+    assert heat(layer_similarity({"c": conv}, stretched, measure="cka"))[0, 0] < 0.99
+    torch.testing.assert_close(h, h.T)
+    conv_only = layer_similarity({"c": conv}, {"p": pooled}, max_points=1000)
+    assert conv_only.n.item() == 1000 and conv_only.similarity.item() == pytest.approx(1.0)
 
 
 def test_layer_similarity_leaves_rejected_pairs_nan_and_says_why(caplog):
     g = torch.Generator().manual_seed(0)
-    live, dead = torch.randn(50, 4, generator=g), torch.zeros(50, 4)
-    heat = layer_similarity({"live": live, "dead": dead}, {"live": live}, measure="svcca")
-    assert heat[0, 0] == pytest.approx(1.0) and torch.isnan(heat[1, 0])
+    live, dead = torch.randn(100, 4, generator=g), torch.zeros(100, 4)
+    rows = layer_similarity({"live": live, "dead": dead}, {"live": live}, measure="svcca")
+    assert rows.similarity[0] == pytest.approx(1.0) and math.isnan(rows.similarity[1])
+    assert math.isnan(rows.null_mean[1]) and rows.d_a[1] == 4  # widths before the failed reduction
     assert "dead vs live: constant features" in caplog.text
+
+
+def test_cca_rows_are_the_rows_of_the_captured_layers():
+    from analysis.activations import capture
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    b = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh())
+    a.probe_layers = ["0", "2"]
+    x = torch.randn(200, 5, generator=torch.Generator().manual_seed(1))
+    rows = cca_rows(a, b, x, batch_size=64, layers_b=["0", "1"], measure="cka")
+    ref = layer_similarity(capture(a, ["0", "2"], x), capture(b, ["0", "1"], x), measure="cka")
+    assert list(rows.columns) == COLUMNS
+    assert list(zip(rows.layer_a, rows.layer_b)) == [("0", "0"), ("0", "1"), ("2", "0"), ("2", "1")]
+    assert rows.to_dict("records") == ref.to_dict("records")
+    assert rows.n.tolist() == [200] * 4 and rows.d_a.tolist() == [8, 8, 4, 4] and rows.d_b.tolist() == [6, 6] * 2
+    assert (rows.null_max >= rows.null_mean).all() and (rows.null_mean < rows.similarity).all()
+
+
+def pillai_sd(n, dx, dy):
+    """Standard deviation of the mean squared canonical correlation of independent Gaussians: Pillai's trace V
+    (sum of the p = min(dx, dy) squared correlations) has variance 2 p q (m-p)(m-q) / (m^2 (m-1)(m+2)),
+    q = max(dx, dy), m = n - 1 degrees of freedom after centring (Anderson 2003, sec. 8.6)."""
+    m, p, q = n - 1, min(dx, dy), max(dx, dy)
+    return math.sqrt(2 * p * q * (m - p) * (m - q) / (m**2 * (m - 1) * (m + 2))) / p
+
+
+@pytest.mark.parametrize("n,dx,dy", [(130, 64, 64), (200, 64, 64), (1000, 64, 64), (400, 16, 48)])
+def test_null_of_independent_gaussians_is_d_over_n(n, dx, dy):
+    """For independent data E[tr(Px Py)] = tr(Px) q / m (Py projects on a uniformly random q-dim subspace of the
+    m = n - 1 centred dimensions), so E[mean rho^2] = max(dx, dy) / (n - 1) exactly. Tolerance: 4 sd of one
+    draw (pillai_sd; the mean of 3 permutations only spreads less)."""
+    g = torch.Generator().manual_seed(n + dx)
+    x, y = torch.randn(n, dx, generator=g, dtype=torch.float64), torch.randn(n, dy, generator=g, dtype=torch.float64)
+    theory, tol = max(dx, dy) / (n - 1), 4 * pillai_sd(n, dx, dy)
+    row = pair_similarity(x, y, "cca_r2", permutations=3, seed=1)
+    assert row["null_mean"] == pytest.approx(theory, abs=tol)
+    assert row["similarity"] == pytest.approx(theory, abs=tol)  # independent already: the null is what it measures
+    assert row["null_mean"] <= row["null_max"] <= theory + 2 * tol
+    assert (row["n"], row["d_a"], row["d_b"]) == (n, dx, dy)
+
+
+def test_null_is_far_below_a_real_shared_subspace_and_seeded():
+    x, y = shared_subspace(n=1000, noise=0.1)
+    row = pair_similarity(t(x), t(y), "svcca", permutations=4, seed=3)
+    assert row["similarity"] > 0.5 > 0.1 > row["null_max"] >= row["null_mean"] > 0
+    assert row == pair_similarity(t(x), t(y), "svcca", permutations=4, seed=3)
+    assert row["null_mean"] != pair_similarity(t(x), t(y), "svcca", permutations=4, seed=4)["null_mean"]
+    perm = torch.randperm(1000, generator=torch.Generator().manual_seed(3))
+    first = pair_similarity(t(x), t(y), "svcca", permutations=1, seed=3)
+    assert first["null_mean"] == pytest.approx(svcca(t(x), t(y)[perm]), abs=1e-10)
+
+
+def test_debiased_cka_is_unbiased_hsic_and_near_zero_for_independent_data():
+    x, y = shared_subspace(n=80)
+    k, l = x @ x.T, y @ y.T  # uncentred: the unbiased estimator does not need centring
+    ref = np_hsic_unbiased(k, l) / np.sqrt(np_hsic_unbiased(k, k) * np_hsic_unbiased(l, l))
+    assert debiased_cka(t(x), t(y)) == pytest.approx(ref, abs=1e-12)
+    wide = np.concatenate([x, np.random.default_rng(5).standard_normal((80, 200))], 1)  # more features than points
+    k = wide @ wide.T
+    ref = np_hsic_unbiased(k, l) / np.sqrt(np_hsic_unbiased(k, k) * np_hsic_unbiased(l, l))
+    assert debiased_cka(t(wide), t(y)) == pytest.approx(ref, abs=1e-12)
+    for seed in range(5):  # n = 130 points, 64 + 64 independent features
+        g = torch.Generator().manual_seed(seed)
+        a, b = (torch.randn(130, 64, generator=g, dtype=torch.float64) for _ in range(2))
+        assert linear_cka(a, b) > 0.3  # biased: about d / n
+        assert abs(debiased_cka(a, b)) < 0.03  # 0 in expectation; spread about 0.01 here
+
+
+def test_underdetermined_flag_fires_exactly_below_ten_points_per_feature(caplog):
+    g = torch.Generator().manual_seed(0)
+    acts = {"w4": torch.randn(200, 4, generator=g), "w16": torch.randn(200, 16, generator=g),
+            "w6": torch.randn(200, 6, generator=g)}
+    rows = layer_similarity(acts, acts, measure="cka")
+    expected = [200 < 10 * (a + b) for a, b in zip(rows.d_a, rows.d_b)]
+    assert rows.underdetermined.tolist() == expected and any(expected) and not all(expected)
+    assert not rows.set_index(["layer_a", "layer_b"]).underdetermined[("w4", "w16")]  # 200 = 10 (4 + 16): not below
+    flagged = {(r.layer_a, r.layer_b) for r in rows.itertuples() if r.underdetermined}
+    assert {tuple(rec.getMessage().split(": ")[0].split(" ")[1::2]) for rec in caplog.records} == flagged
+    low_rank = torch.randn(200, 3, generator=g) @ torch.randn(3, 30, generator=g)
+    row = layer_similarity({"low": low_rank}, {"w6": acts["w6"]}, measure="svcca").iloc[0]
+    assert row.d_a == svd_reduce(low_rank).shape[1] <= 3 and not row.underdetermined  # widths after truncation

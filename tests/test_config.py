@@ -4,7 +4,8 @@ import sys
 import pytest
 import yaml
 
-from harness.config import ConfigError, load_trial, parse_trial
+from harness.config import load_trial, parse_trial
+from harness.errors import ConfigError
 
 
 def write(tmp_path, d, name="trial.yaml"):
@@ -36,7 +37,10 @@ def test_trial_id_is_stable_and_ignores_name(trial_dict):
     (lambda d: d["budget"].update(epochs=3), "budget needs exactly one of epochs or iterations"),
     (lambda d: d.pop("optim"), "missing required key 'optim'"),
     (lambda d: d.update(schedule={"name": "step", "milestones": [60, 30]}), "schedule.milestones = [60, 30]"),
-    (lambda d: d.update(schedule={"name": "exponential"}), "schedule.name = 'exponential'"),
+    (lambda d: d.update(schedule={"name": "exponential"}),
+     "schedule.name = 'exponential': unknown schedule 'exponential'; expected one of ['constant', 'cosine',"),
+    (lambda d: d["data"].update(name="imagenet"), "data.name = 'imagenet': unknown data set 'imagenet'; expected one of"),
+    (lambda d: d["optim"].update(name="lion"), "optim.name = 'lion': unknown optimizer 'lion'; expected one of ['adam',"),
     (lambda d: d["optim"].update(name="sphere_sgd", weight_decay=1e-4), "weight_decay must be 0 for sphere_sgd"),
     (lambda d: d["data"].update(root=None), "data.root is required"),
 ])
@@ -69,7 +73,7 @@ def test_missing_file(tmp_path):
 def test_cli_exits_nonzero_with_one_line_and_writes_nothing(trial_dict, tmp_path, mutate, expect):
     mutate(trial_dict)
     p = write(tmp_path, trial_dict)
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "train", str(p), "--out", str(tmp_path / "runs")],
+    r = subprocess.run([sys.executable, "-m", "heurbench.cli", "train", str(p), "--out", str(tmp_path / "runs")],
                        capture_output=True, text=True)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()

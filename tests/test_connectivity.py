@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.connectivity import Curve, barrier, barriers, evaluate_path, train_curve
+from analysis.connectivity import Curve, barrier, barriers, connect, evaluate_path, train_curve
 from analysis.evaluation import Batches, evaluate, param_vector, update_bn
 
 
@@ -108,14 +108,19 @@ def test_update_bn_is_exact_cumulative_average():
     assert bn.momentum == 0.1 and model.training  # settings and mode restored
 
 
-def test_evaluate_path_recomputes_bn_at_every_point():
-    g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(256, 4, generator=g), torch.randint(0, 3, (256,), generator=g)
-    train = Batches(x, y, 64)
+def two_bn_nets_and_data(n: int, batch_size: int, seed: int):
+    """bn_net and a randomly shifted copy, and n random 3-class examples."""
+    g = torch.Generator().manual_seed(seed)
+    data = Batches(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g), batch_size)
     a, b = bn_net(), bn_net()
     with torch.no_grad():
         for p in b.parameters():
             p.add_(torch.randn(p.shape, generator=g))
+    return a, b, data
+
+
+def test_evaluate_path_recomputes_bn_at_every_point():
+    a, b, train = two_bn_nets_and_data(256, 64, seed=2)
     w0, w1 = param_vector(a), param_vector(b)
     rows = evaluate_path(a, Curve(w0, w1, "segment"), [0.0, 1.0], {"train": train}, train)
     for model, row in zip((a, b), rows):
@@ -123,3 +128,20 @@ def test_evaluate_path_recomputes_bn_at_every_point():
         assert row["loss"] == pytest.approx(evaluate(model, train)["loss"], rel=1e-5)
     with pytest.raises(ValueError, match="BatchNorm"):
         evaluate_path(a, Curve(w0, w1, "segment"), [0.5], {"train": train}, None)
+
+
+def test_connect_rows_barriers_and_bend():
+    """Segment then curve rows per evaluated epoch, their barriers, and the returned model holding the bend."""
+    a, b, data = two_bn_nets_and_data(96, 32, seed=3)
+    w0, w1 = param_vector(a), param_vector(b)
+    rows, bars, model = connect(a, a.state_dict(), b.state_dict(), {"train": data}, data, "bezier", (2, 1), 3,
+                                lr=0.01)
+    assert list(dict.fromkeys(zip(rows.path, rows.curve_epoch))) == [("segment", 0), ("bezier", 1), ("bezier", 2)]
+    for (path, epoch), part in rows.groupby(["path", "curve_epoch"]):
+        bar = bars[(bars.path == path) & (bars.curve_epoch == epoch)].iloc[0]
+        assert bar.loss_barrier == barriers(part.to_dict("records"))["train"]
+        assert bar.error_barrier == barriers(part.to_dict("records"), "error")["train"]
+    bezier = Curve(w0, w1, "bezier", param_vector(model))
+    final = rows[(rows.path == "bezier") & (rows.curve_epoch == 2)]
+    again = evaluate_path(bn_net(), bezier, final.t.tolist(), {"train": data}, data)
+    assert final.loss.tolist() == pytest.approx([r["loss"] for r in again], rel=1e-5)

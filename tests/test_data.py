@@ -8,7 +8,7 @@ import torch
 
 from conftest import CIFAR
 from harness import data
-from harness.data import DataError
+from harness.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.config import parse_trial
-from harness.sweep import run_point
+from harness.runner import run_point
 from harness.train import run_trial
 
 RTOL = 1e-5

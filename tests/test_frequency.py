@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.frequency import background_only, band_pass, frequency_accuracy, radial_frequency, variants
+from analysis.evaluation import Batches
+from analysis.frequency import (background_only, band_pass, frequency, frequency_accuracy, radial_frequency,
+                                variants)
 
 
 def images(n=4, seed=0):
@@ -55,3 +57,18 @@ def test_frequency_accuracy_rows():
     rows = frequency_accuracy(model, images(10), torch.arange(10) % 4, lambda u: u.float() / 255, batch_size=4)
     assert [r["variant"] for r in rows] == ["original", "low", "mid", "high", "background"]
     assert all(0 <= r["accuracy"] <= 1 and np.isfinite(r["loss"]) for r in rows)
+
+
+def test_frequency_rows_per_checkpoint():
+    from harness.models import build
+
+    spec = {"name": "vgg11", "bn": True, "width": 0.125, "num_classes": 4}
+    torch.manual_seed(0)
+    ckpts = {f"t/{i}": {"model": build(spec).state_dict(), "model_spec": spec} for i in range(2)}
+    test = Batches(images(6), torch.arange(6) % 4, 4, lambda u: u.float() / 255)
+    df = frequency(ckpts, test, box=0.25)
+    assert df.ckpt.tolist() == ["t/0"] * 5 + ["t/1"] * 5
+    model = build(spec)
+    model.load_state_dict(ckpts["t/1"]["model"])
+    expected = frequency_accuracy(model.eval(), test.inputs, test.labels, test.transform, 4, box=0.25)
+    assert df[df.ckpt == "t/1"].drop(columns="ckpt").to_dict("records") == expected

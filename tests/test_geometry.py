@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from analysis.evaluation import Batches
-from analysis.geometry import distances, group_parameters, interpolate
+from analysis.geometry import distances, geometry, group_parameters, interpolate, segments
 
 
 class Grouped(nn.Module):
@@ -53,3 +53,22 @@ def test_interpolation_error_barrier():
     assert [r["t"] for r in rows] == [0, 0.5, 1]
     errors = [1 - r["accuracy"] for r in rows]
     assert error_barrier["test"] == pytest.approx(max(errors) - max(errors[0], errors[-1]))
+
+
+def test_geometry_and_segments_per_pair():
+    states = {f"t/{s}": Grouped(s).state_dict() for s in range(3)}
+    model = Grouped(0)
+    rows = geometry(model, states, "consecutive")
+    assert list(rows.columns[:3]) == ["ckpt_a", "ckpt_b", "group"]
+    pair = rows[(rows.ckpt_a == "t/1") & (rows.ckpt_b == "t/2")]
+    assert pair.drop(columns=["ckpt_a", "ckpt_b"]).to_dict("records") == distances(model, states["t/1"], states["t/2"])
+    assert set(zip(geometry(model, states, "first").ckpt_a, geometry(model, states, "first").ckpt_b)) == \
+        {("t/0", "t/1"), ("t/0", "t/2")}
+    g = torch.Generator().manual_seed(0)
+    data = Batches(torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g), 32)
+    along, bars = segments(model, states, {"test": data}, data, "all", t_points=3)
+    assert len(along) == 3 * 3 and len(bars) == 3
+    _, expected = interpolate(model, states["t/0"], states["t/2"], [0, 0.5, 1], {"test": data}, data)
+    assert bars[(bars.ckpt_a == "t/0") & (bars.ckpt_b == "t/2")].error_barrier.item() == expected["test"]
+    with pytest.raises(ValueError, match="at least two"):
+        geometry(model, {"t/0": states["t/0"]})

@@ -37,7 +37,7 @@ def test_fast_path_reaches_plain_accuracy(vgg_run, tmp_path):
 
 def test_packed_bf16_stack_reaches_single_fp32_accuracy(vgg_run, tmp_path):
     """Four seeds stacked in one process (bf16, channels_last) vs the first seed alone in fp32."""
-    from harness.pack import run_pack
+    from harness.train import run_pack
 
     plain = final_accuracy(vgg_run, tmp_path / "plain", {})
     fast = {**vgg_run, "perf": {"device": "cuda", "bf16": True, "channels_last": True}}
@@ -55,21 +55,25 @@ def test_a_training_steps_data_and_pack_update_never_wait_for_the_gpu(trial_dict
     from harness import data as data_mod
     from harness.config import parse_trial
     from harness.models import build
-    from harness.pack import Stack, member_batches
+    from harness.stacked_engine import Stack, member_batches
 
     cfg = parse_trial({**trial_dict, "perf": {"device": "cuda"}})
     ds = data_mod.load(cfg.data).to("cuda")
-    plans = [data_mod.plan_epoch(ds, s, 0, 4, 50, True) for s in range(2)]
-    st = Stack([build({"name": "student_cnn", "num_classes": 10}).cuda() for _ in range(2)], [cfg] * 2, ds,
-               torch.device("cuda"))
+    cfgs = [cfg.model_copy(update={"seed": s}) for s in range(2)]
+    st = Stack([build({"name": "student_cnn", "num_classes": 10}).cuda() for _ in range(2)], cfgs, ds,
+               torch.device("cuda"), spe=4)
+    st.plan_epoch(0)
     lr_table, alive = torch.full((4, 2), 0.01, device="cuda"), torch.ones(2, dtype=torch.bool, device="cuda")
+    sums = torch.zeros(2, 3, dtype=torch.float64, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for step in range(4):
-            x, y = member_batches(ds, plans, step)
-            st.backward(x, y, alive)
-            st.step(lr_table[step])
+        for step in range(4):  # the loop's per-step work (harness/train.py), host-side lr list unused by the stack
+            losses, correct, count = st.forward_backward(step, step, alive)
+            sums[:, 0] += losses.double() * count
+            sums[:, 1] += correct
+            st.step([0.01, 0.01], lr_table[step])
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    x, _ = member_batches(ds, st.plans, 0)
     assert x.is_cuda and x.shape == (2, 50, 3, 32, 32)

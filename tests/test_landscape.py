@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from analysis.evaluation import Batches, evaluate, load_vector, param_vector, update_bn
-from analysis.landscape import Plane, evaluate_plane, grid_axes
+from analysis.landscape import Plane, evaluate_plane, grid_axes, plane
 
 
 def three_points(d=50, seed=0):
@@ -90,3 +90,19 @@ def test_points_evaluated_as_a_stack_match_one_at_a_time():
         update_bn(model, data)
         ref = evaluate(model, data)
         assert a[0]["loss"] == pytest.approx(ref["loss"], rel=1e-5) and a[0]["accuracy"] == ref["accuracy"]
+
+
+def test_plane_through_three_states_projects_the_rest():
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)) for _ in range(4)]
+    states = {f"t/{i}": m.state_dict() for i, m in enumerate(nets)}
+    g = torch.Generator().manual_seed(1)
+    data = Batches(torch.randn(64, 4, generator=g), torch.randint(0, 3, (64,), generator=g), 32)
+    rows, points = plane(nets[0], states, {"train": data, "test": data}, data, grid=3, margin=0.0)
+    assert points.label.tolist() == list(states) and len(rows) == 3 * 3 * 2
+    assert points.residual.iloc[:3].abs().max() < 1e-6 and points.residual.iloc[3] > 0
+    assert (points.x.iloc[0], points.y.iloc[0]) == (0.0, 0.0)
+    assert sorted(set(rows.x)) == pytest.approx([points.x.min(), (points.x.min() + points.x.max()) / 2,
+                                                 points.x.max()])
+    with pytest.raises(ValueError, match="three checkpoints"):
+        plane(nets[0], dict(list(states.items())[:2]), {"train": data}, data)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import data
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.models import REGISTRY, build, group_params
 
 NAMES = sorted(REGISTRY)

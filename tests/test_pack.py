@@ -8,10 +8,13 @@ import torch
 import yaml
 
 from harness import data as data_mod
-from harness.config import ConfigError, parse_trial
-from harness.pack import StackedSGD, check_packable, packs, probe, run_pack
-from harness.sweep import set_dotted
-from harness.train import run_trial
+from harness.config import parse_trial
+from harness.errors import ConfigError
+from harness.metrics import FIELDS
+from harness.pack import check_packable, packs, probe
+from harness.stacked_engine import StackedSGD
+from harness.grid import set_dotted
+from harness.train import run_pack, run_trial
 
 KEY = ["trial_id", "kind", "split", "iteration"]
 COLS = ["loss", "accuracy", "grad_norm", "weight_norm", "lr"]
@@ -81,7 +84,7 @@ def test_unpackable_trials_give_one_line_naming_the_key(trial_dict, variant, mes
 
 
 def test_sweep_with_pack_rejects_unpackable_points_at_load(trial_dict, tmp_path):
-    from harness.sweep import load_sweep
+    from harness.grid import load_sweep
 
     trial_dict["optim"] = {"name": "adam", "lr": 1e-3}
     path = tmp_path / "s.yaml"
@@ -93,7 +96,7 @@ def test_sweep_with_pack_rejects_unpackable_points_at_load(trial_dict, tmp_path)
 
 @pytest.mark.parametrize("augment", [True, False])
 def test_member_batches_are_each_members_own_batch(trial_dict, augment):
-    from harness.pack import member_batches
+    from harness.stacked_engine import member_batches
 
     ds = data_mod.load(trial_dict["data"])
     plans = [data_mod.plan_epoch(ds, seed, 1, 8, 50, augment) for seed in (0, 1, 5)]
@@ -115,7 +118,9 @@ def test_packed_trials_write_what_single_trials_write(two, tmp_path, one_thread)
     assert run_pack(two, tmp_path / "packed") == ["done", "done"]
     assert [run_trial(c, tmp_path / "single") for c in two] == ["done", "done"]
     a, b = rows(tmp_path / "packed"), rows(tmp_path / "single")
-    assert a[KEY].equals(b[KEY]) and set(a.columns) == set(b.columns)
+    assert a[KEY].equals(b[KEY])
+    assert list(a.columns) == list(b.columns) and a.dtypes.equals(b.dtypes)  # both engines: one schema
+    assert tuple(a.columns[-len(FIELDS):]) == FIELDS
     early = (a.kind == "step") & (a.iteration <= 4)
     pd.testing.assert_frame_equal(a.loc[early, COLS], b.loc[early, COLS], rtol=1e-5)  # same init, data, steps
     pd.testing.assert_frame_equal(a[COLS], b[COLS], rtol=2e-2)  # later: float summation order compounds

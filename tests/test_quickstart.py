@@ -1,5 +1,5 @@
 """The README's main job, `heurbench quickstart`, end to end as a user runs it: offline digits data, a real
-local Ray cluster, the S3 report; its printed pandas one-liner must run."""
+local Ray cluster (the session's, joined with --address), the S3 report; its printed pandas one-liner must run."""
 import re
 import subprocess
 import sys
@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_quickstart_runs_sweep_and_report_and_its_one_liner_works(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "quickstart", "--out", str(tmp_path), "--num-cpus", "2"],
-                       capture_output=True, text=True, timeout=900, cwd=REPO)
+def test_quickstart_runs_sweep_and_report_and_its_one_liner_works(tmp_path, ray_address):
+    r = subprocess.run([sys.executable, "-m", "heurbench.cli", "quickstart", "--out", str(tmp_path),
+                        "--address", ray_address], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "quickstart"
     assert "quickstart finished" in r.stdout and str(run / "report.md") in r.stdout

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from analysis.report import report
-from harness.sweep import in_order, run_sweep
+from analysis.studies import STUDIES
+from harness.grid import in_order
+from harness.tune_driver import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,8 +29,6 @@ CASES = {
                                                  "step_W55-W65", "step_W145-W165", "step_W55-W165")],
                    ["connect_barriers", "plane_sgdr", "plane_points_sgdr", "cca_sgdr_W10_vs_W150"],
                    lambda t: fmt(t["connect_barriers"].error_barrier) + fmt(t["plane_points_sgdr"].x, ".3f")),
-    "s3_reduced": (["test_accuracy", "cca_diagonal", "cca_lb_warmup_iter0_vs_iter4", "cca_lb_warmup_iter4_vs_iter20"],
-                   ["test_accuracy", "cca_diagonal"], lambda t: fmt(t["test_accuracy"].final_accuracy)),
     "s4_distill_reduced": (["val_accuracy", "cca_distilled_vs_teacher", "cca_hard_labels_vs_teacher",
                             "cca_abs_difference"], ["accuracy_by_student", "cca_students_vs_teacher"],
                            lambda t: fmt(t["accuracy_by_student"].best_mean)),
@@ -44,18 +44,13 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster another test started
-    yield
-    ray.shutdown()
+# reduced sweeps whose study recipe another end-to-end test runs -> that test
+COVERED_ELSEWHERE = {"s3_reduced": "tests/test_quickstart.py (sweeps/quickstart.yaml is a reduced S3: same recipe)"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
-def test_reduced_study_runs_and_reports(name, tmp_path, monkeypatch, ray_cluster):
+def test_reduced_study_runs_and_reports(name, tmp_path, monkeypatch, ray_address):
     monkeypatch.chdir(REPO)  # the YAMLs' data.root is relative to the repository root
     sweeps = in_order(REPO / "sweeps" / "reduced" / f"{name}.yaml")
     for s in sweeps:
@@ -70,7 +65,17 @@ def test_reduced_study_runs_and_reports(name, tmp_path, monkeypatch, ray_cluster
 
 
 def test_every_reduced_study_is_run_end_to_end_above():
-    """Each YAML in sweeps/reduced/ is either a case above or a dependency that a case runs first."""
+    """Each YAML in sweeps/reduced/ is a case above, a dependency that a case runs first, or a study whose
+    recipe another end-to-end test runs (COVERED_ELSEWHERE: S3's report_warmup is the quickstart's)."""
     reduced = REPO / "sweeps" / "reduced"
     deps = {s.name for name in CASES for s in in_order(reduced / f"{name}.yaml")[:-1]}
-    assert {p.stem for p in reduced.glob("*.yaml")} == set(CASES) | deps
+    assert {p.stem for p in reduced.glob("*.yaml")} == set(CASES) | deps | set(COVERED_ELSEWHERE)
+    assert STUDIES["s3"] is STUDIES["quickstart"] and (REPO / "tests" / "test_quickstart.py").is_file()
+
+
+def test_report_calls_the_analyses_as_library_functions():
+    """No command lines built or parsed, no analysis Parquet read back: report.py and the studies call the
+    analysis functions and keep the frames they return."""
+    for path in [REPO / "analysis" / "report.py", *sorted((REPO / "analysis" / "studies").glob("*.py"))]:
+        text = path.read_text()
+        assert [w for w in ("argparse", "parse_args", "results.read", "analysis.cli") if w in text] == [], path

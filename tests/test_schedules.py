@@ -4,12 +4,14 @@ import pytest
 
 from harness import schedules
 from harness.config import ScheduleCfg, WarmupCfg
+from harness.warmup import with_warmup
 
 SPE = 10  # iterations per epoch
 
 
 def lr_fn(total=2000, warmup=None, **kw):
-    return schedules.build(ScheduleCfg(**kw), WarmupCfg(**(warmup or {})), 0.05, SPE, total)
+    w = WarmupCfg(**(warmup or {}))
+    return with_warmup(schedules.build(ScheduleCfg(**kw), 0.05, SPE, total), w, w.eta_init, SPE)
 
 
 def test_constant():

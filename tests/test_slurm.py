@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.sweep import load_sweep
+from harness.grid import load_sweep
 from slurm.launch import ENDED, job_states
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def write_sweep(tmp_path, base, **spec):
 
 
 def submit(path, out, *extra, wait=True):
-    cmd = [sys.executable, "-m", "harness.cli", "slurm", "submit", str(path), "--partition", PARTITION,
+    cmd = [sys.executable, "-m", "heurbench.cli", "slurm", "submit", str(path), "--partition", PARTITION,
            "--time", "15", "--out", str(out), *extra] + (["--wait"] if wait else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -149,7 +149,7 @@ def test_array_template_by_hand(trial_dict, tmp_path):
 def test_trial_runs_as_two_ddp_ranks_under_srun(trial_dict, tmp_path):
     cfg = tmp_path / "t.yaml"
     cfg.write_text(yaml.safe_dump(trial_dict))
-    subprocess.run(["srun", "-p", PARTITION, "-n", "2", "-t", "10", sys.executable, "-m", "harness.sweep", str(cfg),
+    subprocess.run(["srun", "-p", PARTITION, "-n", "2", "-t", "10", sys.executable, "-m", "harness.runner", str(cfg),
                     str(tmp_path / "out")], check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     df = pd.read_parquet(tmp_path / "out" / "metrics")
     assert (df.world_size == 2).all() and not df.duplicated(ROW_KEY).any()

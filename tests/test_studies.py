@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.report import STUDIES
-from harness.sweep import in_order
+from analysis.studies import STUDIES
+from harness.grid import in_order
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 YAMLS = sorted(SWEEPS.glob("*.yaml")) + sorted((SWEEPS / "reduced").glob("*.yaml"))
@@ -36,7 +36,7 @@ def s7_folder(trial_dict, tmp_path):
     """A one-trial S7-style sweep folder, trained here without Ray (write_resolved is what run_sweep writes)."""
     import yaml
 
-    from harness.sweep import load_sweep, write_resolved
+    from harness.grid import load_sweep, write_resolved
     from harness.train import run_trial
 
     trial_dict.update(schedule={"name": "cosine", "unit": "iteration", "t0": 4}, checkpoints={"iterations": [0, 8]})
@@ -52,7 +52,7 @@ def s7_folder(trial_dict, tmp_path):
 
 
 def test_report_option_a_study_does_not_take_is_one_line_error(s7_folder, capsys):
-    from harness.cli import main
+    from heurbench.cli import main
 
     assert main(["report", str(s7_folder), "--grid", "5"]) == 2
     err = capsys.readouterr().err.strip()
@@ -61,18 +61,26 @@ def test_report_option_a_study_does_not_take_is_one_line_error(s7_folder, capsys
 
 
 def test_report_options_reach_the_study(s7_folder):
-    """--images 37 reaches the S7 report's SWA: its accuracy is the averaged model's on the first 37 test images."""
+    """--images 37 reaches the S7 report's SWA: its accuracy is the averaged model's on the first 37 test images,
+    and the rows it recorded under analysis/swa are those of the library function called directly."""
     import pandas as pd
 
-    from analysis import checkpoints as ackpt
+    from analysis import loading, results
     from analysis.evaluation import Batches, evaluate
     from analysis.report import report
+    from analysis.swa import swa_rows
+    from harness.layout import RunDir
 
     report(s7_folder, images=37)
     swa = pd.read_parquet(s7_folder / "analysis" / "report" / "sgdr_swa.parquet")
     [derived] = (s7_folder / "derived" / "swa").glob("*.pt")
-    ck = ackpt.load(derived)
-    ds = ackpt.load_data(ck["data_spec"])
+    ck = loading.load(derived)
+    ds = loading.load_data(ck["data_spec"])
     first = Batches(ds.test.images[:37], ds.test.labels[:37], 500, ds.normalize)
     assert swa.averaged.tolist() == ["iter=000008, iter=000016"]
-    assert swa.swa_accuracy.tolist() == [evaluate(ackpt.build_model(ck), first)["accuracy"]]
+    assert swa.swa_accuracy.tolist() == [evaluate(loading.build_model(ck), first)["accuracy"]]
+    cs = loading.Checkpoints.open(RunDir(s7_folder).trial(swa.trial_id.item()).iter_ckpts()[1:])
+    splits = cs.splits(37, 37)
+    rows, _ = swa_rows(cs.model(0), list(cs.states().values()), splits, splits["train"])
+    recorded = results.read(s7_folder, "swa")
+    assert recorded[rows.columns].to_dict("records") == rows.to_dict("records")

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.evaluation import Batches
-from analysis.swa import average_states, swa
+from analysis.evaluation import Batches, evaluate
+from analysis.swa import average_states, swa, swa_rows
 
 
 def net(seed):
@@ -29,3 +29,15 @@ def test_mismatched_or_empty_states_raise():
         average_states([])
     with pytest.raises(ValueError, match="different tensors"):
         average_states([net(0).state_dict(), nn.Linear(3, 4).state_dict()])
+
+
+def test_swa_rows_evaluate_the_average_per_split():
+    states = [net(s).state_dict() for s in range(2)]
+    g = torch.Generator().manual_seed(5)
+    train = Batches(torch.randn(60, 3, generator=g), torch.randint(0, 2, (60,), generator=g), 30)
+    test = Batches(torch.randn(40, 3, generator=g), torch.randint(0, 2, (40,), generator=g), 30)
+    rows, model = swa_rows(net(9), states, {"train": train, "test": test}, train)
+    direct = swa(net(7), states, train)
+    assert rows.split.tolist() == ["train", "test"]
+    assert rows.to_dict("records")[1] == {"split": "test", **evaluate(direct, test)}
+    torch.testing.assert_close(model[0].weight, direct[0].weight)

@@ -1,4 +1,4 @@
-"""harness.sweep: grid expansion and validation, `sweep plan`, and real Ray Tune sweeps (local cluster),
+"""harness.grid, harness.tune_driver and `heurbench sweep`: grid expansion and validation, `sweep plan`, and real Ray Tune sweeps (local cluster),
 including a driver killed mid-sweep and re-run (finished trials skipped, unfinished ones resumed)."""
 import os
 import signal
@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.cli import main
-from harness.config import ConfigError
-from harness.record import tag_columns
-from harness.sweep import in_order, load_sweep, run_point
+from harness.errors import ConfigError
+from harness.grid import in_order, load_sweep
+from harness.metrics import tag_columns
+from harness.runner import run_point
+from heurbench.cli import main
 
 ROW_KEY = ["trial_id", "kind", "split", "iteration"]
 
@@ -105,18 +106,8 @@ def test_plan_prints_ids_and_swept_values_without_running(trial_dict, tmp_path, 
     assert "missing.yaml: no such file" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-    """One real local Ray cluster for the module; sweep drivers join it with --address."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 def sweep_cmd(path, out, address):
-    return [sys.executable, "-m", "harness.cli", "sweep", str(path), "--out", str(out), "--address", address]
+    return [sys.executable, "-m", "heurbench.cli", "sweep", str(path), "--out", str(out), "--address", address]
 
 
 @pytest.mark.slow

@@ -117,7 +117,7 @@ def test_resume_after_kill_reproduces_uninterrupted_rows(trial_dict, tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(trial_dict))
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "harness.cli", "train", str(path), "--out", str(out)]
+    cmd = [sys.executable, "-m", "heurbench.cli", "train", str(path), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.txt", "w"))
     status = out / "trials" / cfg.trial_id() / "status.json"
     deadline = time.time() + 600
@@ -180,3 +180,65 @@ def test_compiled_trial_matches_eager(trial_dict, tmp_path):
     assert ca["model"].keys() == cb["model"].keys()
     for k, v in cb["model"].items():
         torch.testing.assert_close(ca["model"][k], v, rtol=2e-2, atol=2e-3)
+
+
+def test_resume_removes_temp_files_an_interrupted_write_left(trial_dict, tmp_path):
+    cfg = parse_trial(trial_dict)
+    run_trial(cfg, tmp_path)
+    t = tmp_path / "trials" / cfg.trial_id()
+    status = json.loads((t / "status.json").read_text())
+    (t / "status.json").write_text(json.dumps({**status, "state": "running"}))  # killed after its last save
+    stale = [t / "ckpt" / ".last.pt.k2j3.tmp", t / ".status.json.x1.tmp",
+             tmp_path / "metrics" / f".part-{cfg.trial_id()}-00007.parquet.q9.tmp"]
+    other = tmp_path / "metrics" / ".part-0123456789-00000.parquet.q9.tmp"  # another trial's write in flight
+    for p in stale + [other]:
+        p.write_bytes(b"x" * 100)
+    assert run_trial(cfg, tmp_path, resume=True) == "done"
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+class Marker:
+    """Unpickling this runs code (what a crafted checkpoint would do): it writes a marker file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("entry", ["resume", "init_from", "teacher"])
+def test_a_checkpoint_that_runs_code_is_refused_with_one_line(trial_dict, tmp_path, entry):
+    marker = tmp_path / "marker"
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": {}, "model_spec": {"name": "student_cnn"}, "x": Marker(marker)}, bad)
+    cfg = parse_trial(trial_dict)
+    if entry == "resume":
+        last = tmp_path / "run" / "trials" / cfg.trial_id() / "ckpt" / "last.pt"
+        last.parent.mkdir(parents=True)
+        last.write_bytes(bad.read_bytes())
+    else:
+        key = ("model", "init_from") if entry == "init_from" else ("distill", "teacher")
+        trial_dict.setdefault(key[0], {})[key[1]] = str(bad)
+        cfg = parse_trial(trial_dict)
+    with pytest.raises(ValueError, match="not a readable heurbench checkpoint") as err:
+        run_trial(cfg, tmp_path / "run", resume=True)
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_cli_resume_without_a_last_checkpoint_and_a_corrupt_one_are_one_line_errors(trial_dict, tmp_path, capsys):
+    from heurbench.cli import main
+
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(trial_dict))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nothing to resume" in err and "without --resume" in err and len(err.splitlines()) == 1
+    assert not out.exists()  # nothing written
+    last = out / "trials" / parse_trial(trial_dict).trial_id() / "ckpt" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["train", str(path), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "truncated or corrupt" in err and len(err.splitlines()) == 1

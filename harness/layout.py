@@ -1,0 +1,167 @@
+"""The run-folder layout: every path heurbench reads or writes under a results root.
+
+    <root>/<sweep>/sweep.yaml                          the resolved sweep, as run
+    <root>/<sweep>/metrics/part-<trial_id>-<n>.parquet  metrics rows
+    <root>/<sweep>/trials/<trial_id>/{config.yaml,status.json}
+    <root>/<sweep>/trials/<trial_id>/ckpt/{iter=000200,epoch=030,last}.pt
+    <root>/<sweep>/analysis/<kind>/part-<digest>.parquet analysis rows (report tables: analysis/report/)
+    <root>/<sweep>/derived/<kind>/<name>.pt             models an analysis made (curve bends, SWA)
+    <root>/<sweep>/figures/<name>.png, report.md
+
+This module is the only place that joins those names; it imports nothing heavy.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+PLAIN = re.compile(r"[A-Za-z0-9_.=-]+")  # a file or folder name that cannot leave its parent
+
+
+def checkpoint_name(iteration: int, epoch: int | None = None) -> str:
+    """Checkpoint file name: epoch=030.pt when taken at a listed epoch, else iter=000200.pt."""
+    return f"epoch={epoch:03d}.pt" if epoch is not None else f"iter={iteration:06d}.pt"
+
+
+class TrialDir:
+    """<sweep>/trials/<trial_id>/: config, status and checkpoints of one trial."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.id = self.path.name
+        self.config = self.path / "config.yaml"
+        self.status = self.path / "status.json"
+        self.ckpt_dir = self.path / "ckpt"
+        self.last = self.ckpt_dir / "last.pt"
+
+    def ckpt(self, name: str) -> Path:
+        return self.ckpt_dir / name
+
+    def named(self, iteration: int, epoch: int | None = None) -> Path:
+        return self.ckpt(checkpoint_name(iteration, epoch))
+
+    def iterations(self) -> list[int]:
+        """Iterations of the trial's iter=NNNNNN.pt checkpoints, ascending."""
+        return sorted(int(p.stem.split("=")[1]) for p in self.ckpt_dir.glob("iter=*.pt"))
+
+    def epoch_ckpts(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("epoch=*.pt"))
+
+    def iter_ckpts(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("iter=*.pt"))
+
+    def read_status(self) -> dict:
+        """status.json as a mapping ({} before the trial started)."""
+        return json.loads(self.status.read_text()) if self.status.exists() else {}
+
+    def temp_files(self) -> list[Path]:
+        """Temp files an interrupted atomic write left in the trial's folders (harness.storage names them
+        .<name>.<random>.tmp)."""
+        return [p for d in (self.path, self.ckpt_dir) for p in d.glob(".*.tmp")]
+
+
+class RunDir:
+    """<root>/<sweep>/: one sweep's (or one trial's) results folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.sweep_yaml = self.path / "sweep.yaml"
+        self.metrics = self.path / "metrics"
+        self.figures = self.path / "figures"
+        self.report_md = self.path / "report.md"
+        self.tune = self.path / ".tune"
+
+    def trial(self, trial_id: str) -> TrialDir:
+        return TrialDir(self.path / "trials" / trial_id)
+
+    def metrics_part(self, trial_id: str, n: int) -> Path:
+        return self.metrics / f"part-{trial_id}-{n:05d}.parquet"
+
+    def metrics_temp_files(self, trial_id: str) -> list[Path]:
+        """Temp files an interrupted write of the trial's metrics parts left behind."""
+        return list(self.metrics.glob(f".part-{trial_id}-*.tmp"))
+
+    def metrics_parts(self, trial_id: str) -> dict[int, Path]:
+        """The trial's metrics parts by number."""
+        return {int(p.stem.rsplit("-", 1)[1]): p for p in self.metrics.glob(f"part-{trial_id}-*.parquet")}
+
+    def analysis(self, kind: str) -> Path:
+        """Folder of one analysis kind's Parquet parts."""
+        return self.path / "analysis" / kind
+
+    def analysis_part(self, kind: str, digest: str) -> Path:
+        return self.analysis(kind) / f"part-{digest}.parquet"
+
+    def report_table(self, name: str) -> Path:
+        return self.analysis("report") / f"{name}.parquet"
+
+    def derived(self, kind: str, name: str) -> Path:
+        return self.path / "derived" / kind / name
+
+    def figure(self, name: str) -> Path:
+        return self.figures / f"{name}.png"
+
+    def sibling(self, sweep: str) -> "RunDir":
+        """Another sweep's folder under the same results root (for @sweep:point:file references)."""
+        return RunDir(self.path.parent / sweep)
+
+    def analysis_parts(self, kind: str) -> list[Path]:
+        """One analysis kind's Parquet parts, sorted."""
+        return sorted(self.analysis(kind).glob("part-*.parquet"))
+
+    def derived_of(self, part: Path, prefix: str) -> Path:
+        """derived/<kind>/<prefix>-<digest>.pt: a model an analysis made, named after its rows' part."""
+        return self.derived(part.parent.name, f"{prefix}-{part.stem.removeprefix('part-')}.pt")
+
+    def figure_of(self, part: Path, suffix: str) -> Path:
+        """figures/<kind>-<digest>-<suffix>.png: a figure of one analysis part's rows."""
+        return self.figure(f"{part.parent.name}-{part.stem.removeprefix('part-')}-{suffix}")
+
+    def point_trials(self) -> dict[int, str]:
+        """Trial id per grid-point index, from the resolved sweep.yaml."""
+        import yaml
+
+        if not self.sweep_yaml.is_file():
+            raise FileNotFoundError(f"{self.sweep_yaml} not found (run sweep {self.name!r} first)")
+        return {p["index"]: p["trial_id"] for p in yaml.safe_load(self.sweep_yaml.read_text())["points"]}
+
+    def reference(self, ref: str) -> Path:
+        """A plain path, or the checkpoint '@<sweep>:<point index>:<file>' names in a sibling sweep (resolved
+        at run time, so trial ids stay independent of where the results root lives). The sweep and file must be
+        plain names: a reference never leaves the results root."""
+        if not ref.startswith("@"):
+            return Path(ref)
+        try:
+            sweep, point, file = ref[1:].split(":")
+            index = int(point)
+        except ValueError:
+            raise ConfigError(f"checkpoint reference {ref!r}: expected '@<sweep>:<point index>:<file>'") from None
+        for what, name in (("sweep", sweep), ("file", file)):
+            if not PLAIN.fullmatch(name) or name in (".", ".."):
+                raise ConfigError(f"checkpoint reference {ref!r}: the {what} must be a plain name (letters, digits, "
+                                  f"'_.=-'), so the reference stays inside the results root")
+        trials = self.sibling(sweep).point_trials()
+        if index not in trials:
+            raise ConfigError(f"checkpoint reference {ref!r}: sweep {sweep!r} has points {sorted(trials)}")
+        return self.sibling(sweep).trial(trials[index]).ckpt(file)
+
+
+def run_of_checkpoint(path: str | Path) -> RunDir:
+    """The sweep folder a checkpoint belongs to: <sweep> for <sweep>/trials/<id>/ckpt/<file>.pt and
+    <sweep>/derived/<kind>/<file>.pt; the file's own folder otherwise."""
+    path = Path(path).resolve()
+    if path.parent.name == "ckpt" and len(path.parents) > 3 and path.parents[2].name == "trials":
+        return RunDir(path.parents[3])
+    if len(path.parents) > 2 and path.parents[1].name == "derived":
+        return RunDir(path.parents[2])
+    return RunDir(path.parent)
+
+
+def trial_of_checkpoint(path: str | Path) -> str:
+    """The trial folder name of <...>/trials/<id>/ckpt/<file>.pt, else the file's folder name."""
+    path = Path(path)
+    return path.parent.parent.name if path.parent.name == "ckpt" else path.parent.name

@@ -1,0 +1,92 @@
+"""Running one sweep point (or a pack of them) in this process, or as DDP ranks through torchrun.
+
+`python -m harness.runner CFG OUT` is one DDP rank of a trial: what `run_point` starts under
+torchrun (ranks on one node) and what SLURM starts under srun (ranks across nodes); the trial's
+config YAML is CFG, its sweep folder OUT.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from harness.config import TrialConfig, dump, load_trial
+from harness.grid import FINISHED
+from harness.layout import RunDir
+from harness.storage import write_json
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Progress lines as the CLI prints them, for trial processes that Ray, torchrun or SLURM start."""
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+
+
+def parent_death_signal():
+    """A Popen preexec_fn (Linux): SIGTERM the child when its parent dies, so no DDP rank outlives a killed trial."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None).prctl  # looked up before the fork: the child only makes the call
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def run_point(cfg: TrialConfig, out: Path, workers: int = 1) -> str:
+    """One trial, resuming where it stopped: in this process, or as `workers` DDP ranks via torchrun.
+
+    An exception marks the trial `failed` (with the reason) before it propagates.
+    """
+    from harness.train import run_trial
+
+    try:
+        if workers == 1:
+            return run_trial(cfg, out, resume=True, sweep=out.name)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as fh:
+            fh.write(dump(cfg))
+            fh.flush()
+            torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}"]
+            subprocess.run(torchrun + ["-m", "harness.runner", fh.name, str(out)], check=True,
+                           preexec_fn=parent_death_signal())
+        return RunDir(out).trial(cfg.trial_id()).read_status()["state"]
+    except Exception as err:
+        mark_failed(out, [cfg], err)
+        raise
+
+
+def mark_failed(out: Path, cfgs: list[TrialConfig], err: Exception) -> None:
+    """Record `err` as the reason in the status of every trial in `cfgs` that had not ended."""
+    for cfg in cfgs:
+        trial = RunDir(out).trial(cfg.trial_id())
+        if trial.read_status().get("state") not in FINISHED:
+            write_json(trial.status, {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
+
+
+def run_job(cfgs: list[TrialConfig], out: Path, workers: int = 1) -> list[str]:
+    """One Tune trial's work: a single point (run_point) or a pack of points trained as one stack."""
+    if len(cfgs) == 1:
+        return [run_point(cfgs[0], out, workers)]
+    from harness.train import run_pack
+
+    try:
+        return run_pack(cfgs, out, resume=True, sweep=out.name)
+    except Exception as err:
+        mark_failed(out, cfgs, err)
+        raise
+
+
+def main(argv: list[str]) -> None:
+    """One DDP rank: `python -m harness.runner CFG OUT` (torch.distributed reads rank and world from the env)."""
+    if len(argv) != 2:
+        sys.exit("usage: python -m harness.runner CFG OUT  (one DDP rank of a trial; torchrun or srun starts it)")
+    from harness.train import run_trial
+
+    cfg_path, out = argv
+    log_to_stderr(logging.WARNING)
+    run_trial(load_trial(cfg_path), Path(out), resume=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

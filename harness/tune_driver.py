@@ -1,0 +1,122 @@
+"""The Ray Tune sweep driver: every unfinished point of a sweep as one Tune trial (or a pack of points).
+
+Each Tune trial calls `run_job` (harness/runner.py), which resumes its trials, so re-running
+a sweep skips finished trials and resumes the others from their checkpoints. DDP trials
+(`workers_per_trial > 1`) launch torchrun on the trial's node (ranks on one node; multi-node
+DDP trials go through `heurbench slurm submit`). Ray is imported only when a sweep runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+from harness.grid import FINISHED, Point, Sweep, state_of, write_resolved
+from harness.layout import RunDir
+from harness.runner import log_to_stderr, run_job
+
+log = logging.getLogger("heurbench.sweep")
+
+
+def tune_trial(config: dict, jobs: dict, out: str, workers: int, cwd: str) -> None:
+    """The Tune trainable: run job `config['job']` (its points' configs) from the driver's folder; report states."""
+    from ray import tune
+
+    os.chdir(cwd)  # Tune starts trials in their own folder; relative data paths mean the driver's
+    log_to_stderr()
+    states = run_job(jobs[config["job"]], Path(out), workers)
+    tune.report({"states": ",".join(states)})
+
+
+def progress_callback(sweep: Sweep, out: Path, jobs: dict[int, list[Point]], total: int, already: int):
+    """A Tune callback logging one line per finished trial: counts and ETA."""
+    from ray import tune
+
+    from harness.train import fmt_eta
+
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.t0, self.finished, self.states = time.time(), 0, {}
+
+        def _log(self, trial, failed: bool) -> None:
+            for p in jobs[trial.config["job"]]:
+                state = state_of(out, p)
+                state = "failed" if failed and state not in FINISHED else state
+                self.finished += 1
+                self.states[state] = self.states.get(state, 0) + 1
+                elapsed = time.time() - self.t0
+                left = total - already - self.finished
+                counts = ", ".join(f"{n} {s}" for s, n in sorted(self.states.items()))
+                log.info("sweep %s: trial %s (point %d) %s | %d/%d finished (%s) | %s elapsed, ETA %s", sweep.name,
+                         p.trial_id, p.index, state, already + self.finished, total, counts, fmt_eta(elapsed),
+                         fmt_eta(elapsed / self.finished * left))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._log(trial, failed=False)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._log(trial, failed=True)
+
+    return Progress()
+
+
+def pack_size(sweep: Sweep, todo: list[Point]) -> int:
+    """resources.pack, or for `auto` the probe's choice, measured in a Ray task holding one trial's resources."""
+    r = sweep.spec.resources
+    if r.pack != "auto":
+        return r.pack
+    import ray
+
+    from harness.pack import probe
+
+    task = ray.remote(num_cpus=r.cpus_per_trial, num_gpus=min(1.0, r.gpus_per_trial))(probe)
+    size, rows = ray.get(task.remote(todo[0].cfg))
+    log.info("sweep %s: pack probe %s -> pack %d", sweep.name,
+             ", ".join(f"{row['pack']}: {row['images_per_s']:.0f} img/s" for row in rows), size)
+    return size
+
+
+def run_sweep(sweep: Sweep, out_root: Path, address: Optional[str] = None, num_cpus: Optional[int] = None,
+              num_gpus: Optional[int] = None) -> dict[str, int]:
+    """Run every unfinished point of `sweep` as a Ray Tune trial; returns the count of trials per state."""
+    import ray
+    from ray import tune
+
+    out = Path(out_root).resolve() / sweep.name
+    write_resolved(sweep, out)
+    todo = [p for p in sweep.points if state_of(out, p) not in FINISHED]
+    log.info("sweep %s: %d trials, %d already finished, %d to run -> %s", sweep.name, len(sweep.points),
+             len(sweep.points) - len(todo), len(todo), out)
+    if todo:
+        if not ray.is_initialized():
+            # "local": always a new cluster, never a stale one that `ray start` left in /tmp/ray/ray_current_cluster
+            ray.init(address=address or "local", num_cpus=None if address else num_cpus,
+                     num_gpus=None if address else num_gpus,
+                     include_dashboard=False, log_to_driver=True, configure_logging=False)
+        r = sweep.spec.resources
+        size = pack_size(sweep, todo)
+        if size == 1:
+            jobs = {j: [p] for j, p in enumerate(todo)}
+        else:
+            from harness.pack import packs
+
+            jobs = {j: [todo[i] for i in idx] for j, idx in enumerate(packs([p.cfg for p in todo], size))}
+        trainable = tune.with_resources(
+            partial(tune_trial, jobs={j: [p.cfg for p in ps] for j, ps in jobs.items()}, out=str(out),
+                    workers=r.workers_per_trial, cwd=os.getcwd()),
+            {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable, param_space={"job": tune.grid_search(list(jobs))},
+            run_config=tune.RunConfig(
+                name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(RunDir(out).tune), verbose=0,
+                callbacks=[progress_callback(sweep, out, jobs, len(sweep.points), len(sweep.points) - len(todo))]))
+        tuner.fit()
+    counts: dict[str, int] = {}
+    for p in sweep.points:
+        s = state_of(out, p)
+        counts[s] = counts.get(s, 0) + 1
+    log.info("sweep %s finished: %s", sweep.name, counts)
+    return counts

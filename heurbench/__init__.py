@@ -1,0 +1,1 @@
+"""The command-line layer above harness, analysis and slurm: the `heurbench` console script and the quickstart."""

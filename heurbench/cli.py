@@ -1,0 +1,117 @@
+"""`heurbench` console script: train, sweep, slurm, analyze, report, quickstart.
+
+Each sub-command imports its heavy dependencies (Ray, submitit, matplotlib) only when
+it runs. A bad config or data set exits 2 with one line on stderr, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from analysis.cli import add_parser as add_analyze
+from analysis.report import add_parser as add_report
+from harness.errors import CheckpointError, ConfigError, DataError
+from harness.grid import FINISHED, in_order, load_sweep, table, write_resolved
+from harness.layout import RunDir
+from harness.runner import run_point
+from harness.tune_driver import run_sweep
+from heurbench.quickstart import add_parser as add_quickstart
+from slurm.launch import add_parser as add_slurm
+
+
+def cmd_train(args) -> int:
+    from harness.config import load_trial
+    from harness.train import run_trial
+
+    cfg = load_trial(args.config)
+    run = RunDir(args.out if args.out else Path("runs") / cfg.name)
+    trial = run.trial(cfg.trial_id())
+    if args.resume and not trial.last.exists() and trial.read_status().get("state") not in FINISHED:
+        raise ConfigError(f"--resume: {trial.last} does not exist, so there is nothing to resume; "
+                          f"run without --resume to start this trial afresh")
+    state = run_trial(cfg, run.path, resume=args.resume)
+    print(f"{state}: {run.trial(cfg.trial_id()).path}  (metrics: pd.read_parquet('{run.metrics}'))")
+    return 0
+
+
+def add_train(sub) -> None:
+    t = sub.add_parser("train", help="train one trial from a YAML config")
+    t.add_argument("config")
+    t.add_argument("--out", help="results folder (default runs/<name>)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.set_defaults(func=cmd_train)
+
+
+def cmd_sweep(args) -> int:
+    if args.target == "plan":
+        sweeps = in_order(need_yaml(args))
+        for s in sweeps:
+            r = s.spec.resources
+            print(f"sweep {s.name} ({s.source}): {len(s.points)} trials, {r.cpus_per_trial:g} CPU, "
+                  f"{r.gpus_per_trial:g} GPU, {r.workers_per_trial} worker(s) per trial")
+            out = Path(args.out) / s.name if args.out else None
+            print(table(s, out if out and out.exists() else None))
+        return 0
+    if args.target == "trial":
+        sweep = load_sweep(need_yaml(args))
+        if not 0 <= args.index < len(sweep.points):
+            raise ConfigError(f"--index {args.index}: sweep {sweep.name} has points 0..{len(sweep.points) - 1}")
+        out = Path(args.out).resolve() / sweep.name
+        write_resolved(sweep, out)
+        state = run_point(sweep.points[args.index].cfg, out)
+        print(f"{state}: point {args.index} of {sweep.name}")
+        return 0
+    if args.config:
+        raise ConfigError(f"unexpected argument {args.config!r} (usage: heurbench sweep x.yaml | sweep plan x.yaml)")
+    failed = 0
+    for s in in_order(args.target):
+        counts = run_sweep(s, Path(args.out), args.address, args.num_cpus, args.num_gpus)
+        failed += counts.get("failed", 0) + counts.get("running", 0) + counts.get("pending", 0)
+    return 1 if failed else 0
+
+
+def need_yaml(args) -> str:
+    if not args.config:
+        raise ConfigError(f"heurbench sweep {args.target}: missing the sweep YAML")
+    return args.config
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="run a sweep YAML with Ray Tune; `sweep plan x.yaml` prints its trials",
+                       description="heurbench sweep x.yaml | sweep plan x.yaml | sweep trial x.yaml --index I")
+    p.add_argument("target", help="a sweep YAML to run, or 'plan' / 'trial' followed by one")
+    p.add_argument("config", nargs="?", help="the sweep YAML after 'plan' or 'trial'")
+    p.add_argument("--out", default="runs", help="results root; the sweep writes to OUT/<name> (default runs)")
+    p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); default: a local one")
+    p.add_argument("--num-cpus", type=int, default=int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or None,
+                   help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray cluster (default: all visible)")
+    p.add_argument("--index", type=int, default=0, help="'trial': the grid point to run in this process")
+    p.set_defaults(func=cmd_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="heurbench", description=__doc__.splitlines()[0])
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_train, add_sweep, add_slurm, add_analyze, add_report, add_quickstart):
+        add(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args) or 0
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
+        print(f"heurbench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
