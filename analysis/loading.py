@@ -18,7 +18,6 @@ from torch import nn
 
 from analysis import results
 from analysis.evaluation import Batches
-from harness.errors import CheckpointError
 from harness.layout import RunDir, run_of_checkpoint, trial_of_checkpoint
 
 log = logging.getLogger("heurbench.analysis")
@@ -31,11 +30,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]
 
     path = Path(path)
     ckpt = load_checkpoint(path, device)
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: not a heurbench checkpoint (a {type(ckpt).__name__}, not a mapping)")
-    missing = [k for k in ("model", "model_spec") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: not a heurbench checkpoint (missing {missing})")
     ckpt.setdefault("path", str(path))
     return ckpt
 

@@ -35,18 +35,23 @@ def save(path: Path, **payload: Any) -> Path:
     return save_torch(path, payload)
 
 
-def load(path: str | Path, device="cpu") -> dict:
-    """A heurbench checkpoint's dict, unpickled with weights_only=True (no code from the file runs)."""
+def load(path: str | Path, device="cpu", needs: tuple[str, ...] = ("model", "model_spec")) -> dict:
+    """A heurbench checkpoint's dict, unpickled with weights_only=True (no code from the file runs), holding at
+    least the keys `needs`."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such checkpoint") from None
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path}: not a readable heurbench checkpoint (it holds objects other than tensors and "
-                         f"plain values; refused, since loading them could run code)") from None
+                              f"plain values; refused, since loading them could run code)") from None
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable heurbench checkpoint (truncated or corrupt: "
-                         f"{str(err).split('. ')[0]})") from None
+                              f"{str(err).split('. ')[0]})") from None
+    missing = [k for k in needs if k not in ckpt] if isinstance(ckpt, dict) else list(needs)
+    if missing:
+        raise CheckpointError(f"{path}: not a heurbench checkpoint (a {type(ckpt).__name__} without {missing})")
+    return ckpt
 
 
 def load_model(path: str | Path, device="cpu") -> nn.Module:

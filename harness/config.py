@@ -2,12 +2,24 @@
 
 Every section is a strict pydantic model (unknown keys are errors), so a typo in a YAML
 never silently falls back to a default. `load_trial` turns any validation problem into
-one `ConfigError` line naming the file, the key, the bad value and what was expected.
+one `ConfigError` line naming the file, the key, the bad value and what was expected
+(with "did you mean" for a misspelled key, at every level).
+
+Errors, because they can never be intended: a duplicate YAML key, an infinite or NaN number,
+a trial/sweep name that is not a plain file name (it would leave the results folder),
+checkpoints or schedule milestones beyond the budget (checked here when their unit is the
+budget's unit, else by `harness.trial.check_budget` once the steps per epoch are known),
+an override `when` on a key the trial config does not have (harness/grid.py), labels out
+of range (harness/data.py). Warnings (logged, the run goes on), because a short smoke run of
+a long config means them: warmup or freeze longer than the budget, an override that matches
+no grid point.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -17,6 +29,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import ConfigError
 
 Unit = Literal["epoch", "iteration"]
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def plain_name(v: str) -> str:
+    """`v` if it is a plain file name (letters, digits, '_.-', not '.' or '..'), which cannot leave its folder."""
+    if not PLAIN_NAME.fullmatch(v) or v in (".", ".."):
+        raise ValueError("must be a plain name (letters, digits, '_.-'; not '.' or '..'; no path separators), "
+                         "since it names a folder inside the results folder")
+    return v
 Scalar = Union[bool, int, float, str, None]
 
 
@@ -28,7 +49,7 @@ def known(kind: str, registry: dict, name: str) -> str:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelCfg(Strict):
@@ -196,10 +217,18 @@ class TrialConfig(Strict):
     perf: PerfCfg = Field(default_factory=PerfCfg)
     tags: dict[str, Scalar] = Field(default_factory=dict, description="swept values, one metrics column each")
 
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return plain_name(v)
+
     @model_validator(mode="after")
     def _cross_checks(self):
         if self.optim.name == "sphere_sgd" and self.optim.weight_decay:
             raise ValueError("optim.weight_decay must be 0 for sphere_sgd (the sphere fixes the norm)")
+        for unit, budget in (("iteration", self.budget.iterations), ("epoch", self.budget.epochs)):
+            if budget is not None:
+                beyond_budget(self, unit, budget)
         return self
 
     def trial_id(self) -> str:
@@ -208,15 +237,61 @@ class TrialConfig(Strict):
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
+def beyond_budget(cfg: "TrialConfig", unit: str, budget: int) -> None:
+    """Raise for checkpoints or schedule milestones in `unit` (iteration or epoch) past a budget of `budget` of
+    them: they would never happen. (Called at config time when `unit` is the budget's unit, and by
+    harness.trial.check_budget once the steps per epoch convert the other unit.)"""
+    where = f"the budget of {budget} {unit}s"
+    listed = cfg.checkpoints.iterations if unit == "iteration" else cfg.checkpoints.epochs
+    late = [x for x in listed if x > budget]
+    if late:
+        raise ValueError(f"checkpoints.{unit}s = {listed}: {late} beyond {where} (never taken)")
+    if cfg.schedule.unit == unit and cfg.schedule.name == "step":
+        late = [m for m in cfg.schedule.milestones if m >= budget]
+        if late:
+            raise ValueError(f"schedule.milestones = {cfg.schedule.milestones}: {late} at or beyond {where} "
+                             f"(the LR never changes there)")
+
+
+def _section(model: Any, loc: tuple) -> Any:
+    """The pydantic model class at `loc` (a pydantic error location) under `model`, or None."""
+    import typing
+
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        model = model.model_fields[part].annotation
+        for _ in range(3):  # unwrap Optional[...] and list[...]
+            args = [a for a in typing.get_args(model) if a is not type(None)]
+            if isinstance(model, type) and issubclass(model, BaseModel) or not args:
+                break
+            model = args[0]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _strict_models(cls: type = None) -> list[type]:
+    cls = cls or Strict
+    return [cls] + [m for sub in cls.__subclasses__() for m in _strict_models(sub)]
+
+
 def format_error(err: ValidationError, source: str) -> str:
-    """First pydantic error as one line: file, dotted key, bad value, expectation."""
-    e = err.errors()[0]
+    """First pydantic error as one line: file, dotted key, bad value, expectation. An unknown key is reported
+    before a missing one (a misspelled key is both), with the section's closest field names."""
+    errors = err.errors()
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     key = ".".join(str(p) for p in e["loc"]) or "(top level)"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
-        return f"{source}: unknown key {key!r}"
+        root = next((m for m in _strict_models() if m.__name__ == err.title), None)
+        section = _section(root, e["loc"][:-1])
+        close = difflib.get_close_matches(str(e["loc"][-1]), list(section.model_fields), n=1) if section else []
+        return f"{source}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if e["type"] == "missing":
         return f"{source}: missing required key {key!r}"
+    if not e["loc"]:  # a check across sections: its message names the keys
+        return f"{source}: {msg}"
     return f"{source}: {key} = {e.get('input')!r}: {msg}"
 
 
@@ -229,16 +304,45 @@ def parse_trial(raw: Any, source: str = "<config>") -> TrialConfig:
         raise ConfigError(format_error(err, source)) from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+        why = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"{path}:{where} not valid YAML ({why})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty file (expected a mapping of config keys)")
+    return raw
 
 
 def load_trial(path: str | Path) -> TrialConfig:

@@ -82,8 +82,11 @@ def cached(key_files: list[Path], tag: str, decode) -> tuple[np.ndarray, np.ndar
         h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     path = cache_dir() / f"{tag}-{h.hexdigest()[:16]}.npz"
     if path.exists():
-        with np.load(path) as z:
-            return z["images"], z["labels"]
+        try:
+            with np.load(path) as z:
+                return z["images"], z["labels"]
+        except Exception:  # a damaged cache file is decoded again (and rewritten)
+            pass
     images, labels = decode()
 
     def write(tmp):
@@ -126,7 +129,11 @@ def read_parquet_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if img_col is None or lab_col is None:
             raise DataError(f"{path}: expected columns 'image' and 'label', found {sorted(cols)}")
         images = decode_image_column(table.column(img_col).to_pylist(), path)
-        return images, np.asarray(table.column(lab_col).to_pylist(), dtype=np.int64)
+        try:
+            labels = np.asarray(table.column(lab_col).to_pylist(), dtype=np.int64)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise DataError(f"{path}: column {lab_col!r} must hold integer class labels ({err})") from None
+        return images, labels
 
     return cached([path], "parquet", decode)
 
@@ -136,8 +143,57 @@ def read_parquet_folder(root: Path) -> Arrays:
     return read_parquet_split(root / "train.parquet"), read_parquet_split(root / "test.parquet")
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds: dicts, lists, str/bytes, numbers and numpy arrays (through the
+    numpy globals their pickles name). Any other global (a `__reduce__` payload: os.system, open, ...) is
+    refused before it is called, so opening a crafted batch runs no code."""
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, 'latin1')
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch holds only plain values and "
+                                         f"numpy arrays, and loading this could run code")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(p: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR pickle batch: uint8 images [N, 3, 32, 32] and int64 labels [N] (keys str or bytes)."""
+    try:
+        with open(p, "rb") as fh:
+            d = CifarUnpickler(fh, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise DataError(f"{p}: not a CIFAR pickle batch ({' '.join(str(err).split())})") from None
+    except Exception as err:  # truncated or garbage pickles raise many types (EOFError, ValueError, KeyError, ...)
+        raise DataError(f"{p}: not a CIFAR pickle batch (unreadable: {type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:200]})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{p}: not a CIFAR pickle batch (holds a {type(d).__name__}, expected a dict)")
+
+    def get(k):
+        for kk in (k, k.encode()):
+            if kk in d:
+                return d[kk]
+        raise DataError(f"{p}: not a CIFAR pickle batch (no {k!r} key; it has {sorted(map(str, d))[:8]})")
+
+    try:
+        x = np.asarray(get("data"), dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(get(key), dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise DataError(f"{p}: not a CIFAR pickle batch ({' '.join(str(err).split())[:200]})") from None
+    if len(x) != len(y):
+        raise DataError(f"{p}: not a CIFAR pickle batch ({len(x)} images but {len(y)} labels)")
+    return x, y
+
+
 def read_cifar_folder(root: Path, name: str) -> Arrays:
-    """torchvision's cifar-10-batches-py / cifar-100-python pickles (root or its parent)."""
+    """torchvision's cifar-10-batches-py / cifar-100-python pickles (root or its parent), read with
+    `CifarUnpickler` (no code from the files runs)."""
     sub, train_files, test_files, key = {
         "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
         "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
@@ -150,13 +206,9 @@ def read_cifar_folder(root: Path, name: str) -> Arrays:
             p = folder / f
             if not p.is_file():
                 raise DataError(f"{p}: no such file (expected torchvision's {sub} folder under data.root)")
-            try:
-                with open(p, "rb") as fh:
-                    d = pickle.load(fh, encoding="latin1")
-                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(d[key], dtype=np.int64))
-            except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
-                raise DataError(f"{p}: not a CIFAR pickle batch ({err})") from None
+            x, y = read_cifar_batch(p, key)
+            xs.append(x)
+            ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
 
     return load(train_files), load(test_files)
@@ -186,13 +238,42 @@ REGISTRY: dict[str, Callable[[Optional[Path]], Arrays]] = {
 }
 
 
+CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}  # data sets whose class count is known
+
+
+def check_labels(cfg: DataCfg, ytr: np.ndarray, yte: np.ndarray) -> int:
+    """The number of classes, after refusing labels that cannot be meant: empty splits, negative labels, labels
+    past a known data set's classes (CIFAR-10/100, digits), and (Parquet) labels with classes missing below the
+    largest, e.g. a stray 57 among 0..9, which would silently build a 58-class model."""
+    where = f"data {cfg.name!r} at {cfg.root}" if cfg.root else f"data {cfg.name!r}"
+    for split, y in (("train", ytr), ("test", yte)):
+        if len(y) == 0:
+            raise DataError(f"{where}: the {split} split has no images")
+        if y.min() < 0:
+            raise DataError(f"{where}: {split} label {int(y.min())} is negative (labels are 0..classes-1)")
+    known = CLASSES.get(cfg.name)
+    if known is None:  # as many classes as the largest label says, provided every class below it has images
+        present = np.unique(np.concatenate([ytr, yte]))
+        known = int(present[-1]) + 1
+        if len(present) != known:
+            missing = sorted(set(range(known)) - set(present.tolist()))
+            raise DataError(f"{where}: labels run to {known - 1} but {len(missing)} classes in between have no "
+                            f"images (e.g. {missing[:5]}); labels must be 0..classes-1 (a stray label "
+                            f"{known - 1}?)")
+    for split, y in (("train", ytr), ("test", yte)):
+        if y.max() >= known:
+            raise DataError(f"{where}: {split} label {int(y.max())} is out of range for {known} classes "
+                            f"(labels are 0..{known - 1})")
+    return known
+
+
 def load(spec: DataCfg | dict) -> Dataset:
     """The public entry point (analysis uses it too): a Dataset from a data spec."""
     from harness.config import DataCfg  # a mapping spec (analysis) is checked like a trial's data section
 
     cfg = spec if isinstance(spec, DataCfg) else DataCfg.model_validate(spec)
     (xtr, ytr), (xte, yte) = REGISTRY[cfg.name](Path(cfg.root) if cfg.root else None)
-    num_classes = int(max(ytr.max(), yte.max())) + 1
+    num_classes = check_labels(cfg, ytr, yte)
     train = Split(torch.from_numpy(xtr), torch.from_numpy(ytr))
     test = Split(torch.from_numpy(xte), torch.from_numpy(yte)).head(cfg.test_subset)
     val = None

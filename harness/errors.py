@@ -11,3 +11,11 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing pieces, truncated, corrupt or unsafe to open, described in one line."""
+
+
+class LockError(ConfigError):
+    """A sweep or trial folder another process is using (harness.lock): one line naming the holder."""
+
+
+class ResultsError(ValueError):
+    """A results file written earlier (status.json, a metrics part) that is truncated or corrupt, in one line."""

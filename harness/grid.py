@@ -15,7 +15,11 @@ Ray Tune, slurm/launch.py submits it to SLURM; both run each point with harness/
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
+import logging
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -23,13 +27,14 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from harness.config import Strict, TrialConfig, format_error, parse_trial, read_yaml
+from harness.config import Strict, TrialConfig, format_error, parse_trial, plain_name, read_yaml
 from harness.errors import ConfigError
 from harness.layout import RunDir
 from harness.metrics import tag_columns
 from harness.storage import write_text
 
 FINISHED = ("done", "diverged")
+log = logging.getLogger("heurbench.sweep")
 
 
 class Resources(Strict):
@@ -57,7 +62,7 @@ class Rule(Strict):
 
 
 class SweepSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="the sweep's folder under the results root: a plain name")
     base: Optional[dict[str, Any]] = None
     base_file: Optional[str] = Field(None, description="trial YAML, relative to the sweep YAML")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="cartesian axes: dotted key -> values")
@@ -66,6 +71,11 @@ class SweepSpec(Strict):
     seeds: Optional[list[int]] = Field(None, min_length=1, description="an axis over the trial seed")
     resources: Resources = Field(default_factory=Resources)
     depends_on: list[str] = Field(default_factory=list, description="sweep YAMLs whose checkpoints this one needs")
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return plain_name(v)
 
     @field_validator("grid")
     @classmethod
@@ -138,6 +148,35 @@ def set_dotted(d: dict, key: str, value: Any, source: str) -> None:
     d[leaf] = copy.deepcopy(value)
 
 
+def schema_key(key: str) -> tuple[bool, list[str]]:
+    """Whether dotted `key` names a field of the trial config (any key under `tags`), and else the field names
+    of the deepest section it reached (for "did you mean")."""
+    model: typing.Any = TrialConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not (isinstance(model, type) and issubclass(model, Strict)):
+            return typing.get_origin(model) is dict and i == len(parts) - 1, []
+        if part not in model.model_fields:
+            return False, list(model.model_fields)
+        model = model.model_fields[part].annotation
+        args = [a for a in typing.get_args(model) if a is not type(None)]
+        if typing.get_origin(model) in (typing.Union, types.UnionType) and len(args) == 1:
+            model = args[0]  # Optional[Section]
+    return True, []
+
+
+def check_rules(spec: SweepSpec, source: str) -> None:
+    """An override whose `when` names a key the trial config does not have could never fire: an error."""
+    for n, rule in enumerate(spec.overrides):
+        for key in rule.when:
+            ok, fields = schema_key(key)
+            if not ok:
+                close = difflib.get_close_matches(key.split(".")[-1], fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{source}: overrides.{n}.when: unknown key {key!r}{hint}; this rule would never "
+                                  f"fire")
+
+
 def expand(spec: SweepSpec, base: dict, source: str) -> list[Point]:
     """Cartesian product of grid axes, zip groups and seeds; overrides applied; each point validated."""
     axes = [[{k: v} for v in vals] for k, vals in spec.grid.items()]
@@ -146,17 +185,22 @@ def expand(spec: SweepSpec, base: dict, source: str) -> list[Point]:
         axes.append([{"seed": s} for s in spec.seeds])
     swept = [k for axis in axes for k in axis[0]] + [k for r in spec.overrides for k in r.set]
     swept = list(dict.fromkeys(swept))
-    resolved = []
+    check_rules(spec, source)
+    resolved, fired = [], set()
     for combo in itertools.product(*axes):
         raw = copy.deepcopy(base)
         chosen = {k: v for part in combo for k, v in part.items()}
         for k, v in chosen.items():
             set_dotted(raw, k, v, source)
-        for rule in spec.overrides:
+        for n, rule in enumerate(spec.overrides):
             if all(get_dotted(raw, k) == v for k, v in rule.when.items()):
+                fired.add(n)
                 for k, v in rule.set.items():
                     set_dotted(raw, k, v, source)
         resolved.append((chosen, raw, {k: get_dotted(raw, k) for k in swept}))
+    for n, rule in enumerate(spec.overrides):
+        if n not in fired:
+            log.warning("%s: overrides.%d (when %s) matches no grid point", source, n, rule.when)
     columns = tag_columns([{k: v for k, v in values.items() if k != "seed"} for _, _, values in resolved])
     points, seen = [], {}
     for i, ((chosen, raw, values), tags) in enumerate(zip(resolved, columns)):

@@ -7,6 +7,7 @@
     <root>/<sweep>/analysis/<kind>/part-<digest>.parquet analysis rows (report tables: analysis/report/)
     <root>/<sweep>/derived/<kind>/<name>.pt             models an analysis made (curve bends, SWA)
     <root>/<sweep>/figures/<name>.png, report.md
+    <root>/<sweep>/.lock, .locks/<trial_id>.lock          the sweep's and each trial's lock (harness.lock)
 
 This module is the only place that joins those names; it imports nothing heavy.
 """
@@ -54,8 +55,27 @@ class TrialDir:
         return sorted(self.ckpt_dir.glob("iter=*.pt"))
 
     def read_status(self) -> dict:
-        """status.json as a mapping ({} before the trial started)."""
-        return json.loads(self.status.read_text()) if self.status.exists() else {}
+        """status.json as a mapping ({} before the trial started); a truncated or corrupt one is a one-line
+        ResultsError naming the file."""
+        from harness.errors import ResultsError
+
+        if not self.status.exists():
+            return {}
+        try:
+            status = json.loads(self.status.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ResultsError(f"{self.status}: not a readable status file (truncated or corrupt: "
+                               f"{' '.join(str(err).split())[:200]}); delete it to rerun the trial") from None
+        if not isinstance(status, dict):
+            raise ResultsError(f"{self.status}: not a readable status file (holds a {type(status).__name__}, "
+                               f"expected a mapping); delete it to rerun the trial")
+        return status
+
+    @property
+    def lock(self) -> Path:
+        """<sweep>/.locks/<trial_id>.lock: held while a process trains the trial (harness.lock); outside the
+        trial's folder, which a trial that starts afresh removes."""
+        return self.path.parent.parent / ".locks" / f"{self.id}.lock"
 
     def temp_files(self) -> list[Path]:
         """Temp files an interrupted atomic write left in the trial's folders (harness.storage names them
@@ -74,6 +94,11 @@ class RunDir:
         self.figures = self.path / "figures"
         self.report_md = self.path / "report.md"
         self.tune = self.path / ".tune"
+
+    @property
+    def lock(self) -> Path:
+        """<sweep>/.lock: held by the sweep driver for the whole sweep (harness.lock)."""
+        return self.path / ".lock"
 
     def trial(self, trial_id: str) -> TrialDir:
         return TrialDir(self.path / "trials" / trial_id)

@@ -17,6 +17,7 @@ from harness.metrics import MetricsWriter, tag_columns
 from harness.storage import write_json, write_text
 
 ENDED = ("done", "diverged")
+RESUME_KEYS = ("model", "model_spec", "optimizer", "rng", "iteration", "parts", "elapsed")  # what save_last writes
 
 
 def trial_dir(out: Path, cfg: TrialConfig) -> TrialDir:
@@ -50,7 +51,9 @@ class TrialRecord:
 
     def resume_from(self, device) -> Optional[dict]:
         """The rolling checkpoint to resume from, if there is one."""
-        return checkpoints.load(self.dir.last, device) if self.dir.last.exists() else None
+        if not self.dir.last.exists():
+            return None
+        return checkpoints.load(self.dir.last, device, needs=RESUME_KEYS)
 
     def open(self, ck: Optional[dict], eta_init) -> None:
         """Start writing: after the resumed checkpoint `ck` (removing temp files an interrupted write left), or

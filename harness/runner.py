@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from harness.config import TrialConfig, dump, load_trial
+from harness.errors import LockError
 from harness.grid import FINISHED
 from harness.layout import RunDir
 from harness.storage import write_json
@@ -57,7 +58,10 @@ def run_point(cfg: TrialConfig, out: Path, workers: int = 1) -> str:
 
 
 def mark_failed(out: Path, cfgs: list[TrialConfig], err: Exception) -> None:
-    """Record `err` as the reason in the status of every trial in `cfgs` that had not ended."""
+    """Record `err` as the reason in the status of every trial in `cfgs` that had not ended; not for a LockError
+    (another process is training those trials, and their status is its to write)."""
+    if isinstance(err, LockError):
+        return
     for cfg in cfgs:
         trial = RunDir(out).trial(cfg.trial_id())
         if trial.read_status().get("state") not in FINISHED:

@@ -19,8 +19,9 @@ from typing import Callable, Optional
 
 import torch
 
-from harness import data as data_mod, distributed, metrics, schedules
+from harness import data as data_mod, distributed, lock, metrics, schedules
 from harness.config import TrialConfig
+from harness.layout import RunDir
 from harness.module_engine import ModuleEngine
 from harness.pack import check_packable
 from harness.record import TrialRecord, finished_state
@@ -65,6 +66,18 @@ def run_pack(cfgs: list[TrialConfig], out: str | Path, resume: bool = True, swee
 
 def train(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d: distributed.Dist, device: torch.device,
           engine_for: Callable) -> list[str]:
+    """`train_locked` holding every trial's lock (rank 0 takes them; harness.lock): a process still training one
+    of them (a killed driver's Ray worker) is waited for, up to lock.TRIAL_WAIT seconds."""
+    run = RunDir(out)
+    held = [(run.trial(c.trial_id()).lock, f"trial {c.trial_id()} ({run.trial(c.trial_id()).path})") for c in cfgs]
+    with lock.hold_all(held if d.main else [], lock.TRIAL_WAIT, hint="another process is training it"):
+        if d.world > 1:
+            torch.distributed.barrier()  # every rank reads the trials' states once rank 0 holds their locks
+        return train_locked(cfgs, out, resume, sweep, d, device, engine_for)
+
+
+def train_locked(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d: distributed.Dist,
+                 device: torch.device, engine_for: Callable) -> list[str]:
     """Load the data, open each unfinished trial's record (resuming from its last.pt), build the engine, run the
     loop; returns every trial's final state."""
     states = [finished_state(out, c) if resume else None for c in cfgs]

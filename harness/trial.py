@@ -3,12 +3,15 @@ evaluation interval, and the perf section's autocast and memory format. Shared b
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 
 from harness.config import TrialConfig
 from harness.data import Dataset
 from harness.errors import ConfigError
+
+log = logging.getLogger("heurbench.trial")
 
 
 def model_spec(cfg: TrialConfig, ds: Dataset) -> dict:
@@ -22,7 +25,31 @@ def steps(cfg: TrialConfig, n_train: int) -> tuple[int, int]:
     spe = n_train // cfg.data.batch_size
     if spe == 0:
         raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: larger than the {n_train} train images")
-    return spe, cfg.budget.iterations or cfg.budget.epochs * spe
+    total = cfg.budget.iterations or cfg.budget.epochs * spe
+    check_budget(cfg, spe, total)
+    return spe, total
+
+
+def check_budget(cfg: TrialConfig, spe: int, total: int) -> None:
+    """What the config checks could not: checkpoints and milestones in the unit other than the budget's, now
+    that the `spe` steps per epoch are known (beyond a `total`-iteration budget: ConfigError); warmup or freeze
+    longer than the budget (a logged warning: a shortened smoke run of a long config means it)."""
+    per = {"iteration": 1, "epoch": spe}
+    where = f"beyond the budget of {total} iterations ({spe} per epoch)"
+    for unit, listed in (("iteration", cfg.checkpoints.iterations), ("epoch", cfg.checkpoints.epochs)):
+        late = [x for x in listed if x * per[unit] > total]
+        if late:
+            raise ConfigError(f"checkpoints.{unit}s = {listed}: {late} {where} (never taken)")
+    late = [m for m in cfg.schedule.milestones if m * per[cfg.schedule.unit] >= total]
+    if cfg.schedule.name == "step" and late:
+        raise ConfigError(f"schedule.milestones = {cfg.schedule.milestones} ({cfg.schedule.unit}s): {late} at or "
+                          f"{where} (the LR never changes there)")
+    for section in ("warmup", "freeze"):
+        s = getattr(cfg, section)
+        length = s.length * (spe if s.unit == "epoch" else 1)
+        if length > total:
+            log.warning("trial %s: %s.length = %d %ss is longer than the budget of %d iterations (%d per epoch)",
+                        cfg.trial_id(), section, s.length, s.unit, total, spe)
 
 
 def eval_interval(cfg: TrialConfig, spe: int) -> int:

@@ -4,6 +4,8 @@ Each Tune trial calls `run_job` (harness/runner.py), which resumes its trials, s
 a sweep skips finished trials and resumes the others from their checkpoints. DDP trials
 (`workers_per_trial > 1`) launch torchrun on the trial's node (ranks on one node; multi-node
 DDP trials go through `heurbench slurm submit`). Ray is imported only when a sweep runs.
+The driver holds the sweep's lock (harness.lock) for the whole sweep: a second driver on the same
+folder waits `wait` seconds for it, then is refused with one line naming the holder.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Optional
 
 from harness.grid import FINISHED, Point, Sweep, state_of, write_resolved
 from harness.layout import RunDir
+from harness.lock import hold
 from harness.runner import log_to_stderr, run_job
 
 log = logging.getLogger("heurbench.sweep")
@@ -80,12 +83,20 @@ def pack_size(sweep: Sweep, todo: list[Point]) -> int:
 
 
 def run_sweep(sweep: Sweep, out_root: Path, address: Optional[str] = None, num_cpus: Optional[int] = None,
-              num_gpus: Optional[int] = None) -> dict[str, int]:
-    """Run every unfinished point of `sweep` as a Ray Tune trial; returns the count of trials per state."""
+              num_gpus: Optional[int] = None, wait: float = 0.0) -> dict[str, int]:
+    """Run every unfinished point of `sweep` as a Ray Tune trial, holding the sweep's lock (waiting up to `wait`
+    seconds for another driver to let go of it, else LockError); returns the count of trials per state."""
+    out = Path(out_root).resolve() / sweep.name
+    with hold(RunDir(out).lock, f"sweep {sweep.name} ({out})", wait,
+              hint="wait for it with --wait SECONDS, or stop that process"):
+        return _run_sweep(sweep, out, address, num_cpus, num_gpus)
+
+
+def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Optional[int],
+               num_gpus: Optional[int]) -> dict[str, int]:
     import ray
     from ray import tune
 
-    out = Path(out_root).resolve() / sweep.name
     write_resolved(sweep, out)
     todo = [p for p in sweep.points if state_of(out, p) not in FINISHED]
     log.info("sweep %s: %d trials, %d already finished, %d to run -> %s", sweep.name, len(sweep.points),

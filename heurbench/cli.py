@@ -1,7 +1,8 @@
 """`heurbench` console script: train, sweep, slurm, analyze, report, quickstart.
 
 Each sub-command imports its heavy dependencies (Ray, submitit, matplotlib) only when
-it runs. A bad config or data set exits 2 with one line on stderr, no traceback.
+it runs. A bad config, data set, checkpoint or results file exits 2 with one line on stderr
+(`heurbench: error: ...`), no traceback; an OS failure (disk full) exits 1 the same way.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 from analysis.cli import add_parser as add_analyze
 from analysis.report import add_parser as add_report
-from harness.errors import CheckpointError, ConfigError, DataError
+from harness.errors import CheckpointError, ConfigError, DataError, ResultsError
 from harness.grid import FINISHED, in_order, load_sweep, table, write_resolved
 from harness.layout import RunDir
-from harness.runner import run_point
+from harness.runner import mark_failed, run_point
 from harness.tune_driver import run_sweep
 from heurbench.quickstart import add_parser as add_quickstart
 from slurm.launch import add_parser as add_slurm
@@ -32,7 +33,11 @@ def cmd_train(args) -> int:
     if args.resume and not trial.last.exists() and trial.read_status().get("state") not in FINISHED:
         raise ConfigError(f"--resume: {trial.last} does not exist, so there is nothing to resume; "
                           f"run without --resume to start this trial afresh")
-    state = run_trial(cfg, run.path, resume=args.resume)
+    try:
+        state = run_trial(cfg, run.path, resume=args.resume)
+    except Exception as err:
+        mark_failed(run.path, [cfg], err)
+        raise
     print(f"{state}: {run.trial(cfg.trial_id()).path}  (metrics: pd.read_parquet('{run.metrics}'))")
     return 0
 
@@ -68,7 +73,7 @@ def cmd_sweep(args) -> int:
         raise ConfigError(f"unexpected argument {args.config!r} (usage: heurbench sweep x.yaml | sweep plan x.yaml)")
     failed = 0
     for s in in_order(args.target):
-        counts = run_sweep(s, Path(args.out), args.address, args.num_cpus, args.num_gpus)
+        counts = run_sweep(s, Path(args.out), args.address, args.num_cpus, args.num_gpus, wait=args.wait)
         failed += counts.get("failed", 0) + counts.get("running", 0) + counts.get("pending", 0)
     return 1 if failed else 0
 
@@ -90,6 +95,9 @@ def add_sweep(sub) -> None:
                    help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray cluster (default: all visible)")
     p.add_argument("--index", type=int, default=0, help="'trial': the grid point to run in this process")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another driver is running this sweep, wait up to SECONDS for it to finish "
+                        "(default 0: exit 2 at once with one line naming it)")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -108,9 +116,22 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args) or 0
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
-        print(f"heurbench: error: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, DataError, CheckpointError, ResultsError, FileNotFoundError, IsADirectoryError,
+            NotADirectoryError, PermissionError) as err:  # bad input: exit 2
+        return error(err, 2)
+    except OSError as err:  # the machine (disk full, I/O error): exit 1, still one line
+        return error(err, 1)
+    except Exception as err:
+        arrow = sys.modules.get("pyarrow")
+        if arrow is not None and isinstance(err, arrow.ArrowInvalid):  # a truncated or corrupt metrics part
+            return error(ResultsError(f"a results file is unreadable: {err}"), 2)
+        raise
+
+
+def error(err: Exception, code: int) -> int:
+    """Print `err` as the one line `heurbench: error: ...` on stderr; return the exit code."""
+    print(f"heurbench: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -79,3 +79,61 @@ def test_cli_exits_nonzero_with_one_line_and_writes_nothing(trial_dict, tmp_path
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and expect in lines[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("mutate, expect", [
+    (lambda d: d.update(modell=d.pop("model")), "unknown key 'modell' (did you mean 'model'?)"),
+    (lambda d: d.update(warmup={"lenght": 3}), "unknown key 'warmup.lenght' (did you mean 'length'?)"),
+    (lambda d: d["data"].update(batchsize=3), "unknown key 'data.batchsize' (did you mean 'batch_size'?)"),
+    (lambda d: d.update(zzz=1), "unknown key 'zzz'"),
+    (lambda d: d["optim"].update(lr=float("inf")), "optim.lr = inf: Input should be a finite number"),
+    (lambda d: d["optim"].update(lr=float("nan")), "optim.lr = nan: Input should be a finite number"),
+    (lambda d: d.update(name="../../x"), "name = '../../x': must be a plain name"),
+    (lambda d: d.update(name="/abs/path"), "must be a plain name"),
+    (lambda d: d.update(name=".."), "must be a plain name"),
+    (lambda d: d.update(checkpoints={"iterations": [0, 17]}), "[17] beyond the budget of 16 iterations"),
+    (lambda d: d.update(budget={"epochs": 3}, checkpoints={"epochs": [1, 4]}), "[4] beyond the budget of 3 epochs"),
+    (lambda d: d.update(schedule={"name": "step", "unit": "iteration", "milestones": [4, 16]}),
+     "[16] at or beyond the budget of 16 iterations"),
+])
+def test_never_intended_configs_are_one_line_errors(trial_dict, mutate, expect, tmp_path):
+    mutate(trial_dict)
+    with pytest.raises(ConfigError) as e:
+        load_trial(write(tmp_path, trial_dict))
+    assert expect in str(e.value) and "\n" not in str(e.value)
+    if expect == "unknown key 'zzz'":
+        assert "did you mean" not in str(e.value)
+
+
+def test_duplicate_keys_empty_files_and_folders_are_refused(trial_dict, tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump(trial_dict) + "optim: {name: sgd, lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"t.yaml: line \d+ not valid YAML \(duplicate key 'optim'\)"):
+        load_trial(p)
+    p.write_text("")
+    with pytest.raises(ConfigError, match="t.yaml: empty file"):
+        load_trial(p)
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="t.yaml: not a text file"):
+        load_trial(p)
+    with pytest.raises(ConfigError, match="is a folder, expected a YAML file"):
+        load_trial(tmp_path)
+
+
+def test_budget_checks_once_steps_per_epoch_are_known(trial_dict, caplog):
+    from harness.trial import steps
+
+    assert steps(parse_trial(trial_dict), 400) == (8, 16)
+    trial_dict["checkpoints"] = {"epochs": [2, 3]}  # epoch 3 starts at iteration 24 > 16
+    with pytest.raises(ConfigError, match=r"checkpoints.epochs = \[2, 3\]: \[3\] beyond the budget of 16 iterations "
+                                          r"\(8 per epoch\)"):
+        steps(parse_trial(trial_dict), 400)
+    trial_dict.update(checkpoints={"iterations": [0, 40]}, budget={"epochs": 4})
+    with pytest.raises(ConfigError, match=r"\[40\] beyond the budget of 32 iterations"):
+        steps(parse_trial(trial_dict), 400)
+    trial_dict.update(checkpoints={}, schedule={"name": "step", "milestones": [2]})  # epoch 2 = iteration 16: fires
+    assert steps(parse_trial(trial_dict), 400) == (8, 32)
+    trial_dict.update(warmup={"length": 5, "unit": "epoch"})
+    with caplog.at_level("WARNING"):
+        steps(parse_trial(trial_dict), 400)  # a warning, not an error: a smoke run of a long config means it
+    assert "warmup.length = 5 epochs is longer than the budget of 32 iterations" in caplog.text

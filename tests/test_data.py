@@ -145,3 +145,51 @@ def test_epoch_order_is_a_seeded_permutation():
     a = data.epoch_order(100, 1, 0)
     assert torch.equal(a, data.epoch_order(100, 1, 0)) and not torch.equal(a, data.epoch_order(100, 1, 1))
     assert sorted(a.tolist()) == list(range(100))
+
+
+class Marker:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_cifar_pickles_are_read_without_running_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEURBENCH_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    x = np.random.default_rng(0).integers(0, 256, (20, 3072), dtype=np.uint8)
+    for i, f in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        # the way CIFAR's are: protocol 2, bytes keys, a uint8 array, a list of ints, file names
+        batch = {b"batch_label": b"training batch", b"labels": [(i + j) % 10 for j in range(20)], b"data": x,
+                 b"filenames": [b"%d.png" % j for j in range(20)]}
+        (folder / f).write_bytes(pickle.dumps(batch, protocol=2))
+    ds = data.load({"name": "cifar10", "root": str(tmp_path)})
+    assert ds.train.images.shape == (100, 3, 32, 32) and ds.num_classes == 10
+    assert torch.equal(ds.test.images, torch.from_numpy(x.reshape(20, 3, 32, 32)))
+    marker = tmp_path / "marker"
+    crafted = {"data": x, "labels": list(range(20)), "x": Marker(marker)}
+    (folder / "data_batch_4").write_bytes(pickle.dumps(crafted, protocol=2))
+    with pytest.raises(DataError, match=r"data_batch_4: not a CIFAR pickle batch \(refused global io.open") as err:
+        data.load({"name": "cifar10", "root": str(tmp_path)})
+    assert "\n" not in str(err.value) and not marker.exists()
+    (folder / "data_batch_4").write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(DataError, match="holds a list, expected a dict"):
+        data.load({"name": "cifar10", "root": str(tmp_path)})
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 1, 57, 2] * 5, "labels run to 57 but 54 classes in between have no images"),
+    ([0, 1, -1, 2] * 5, "train label -1 is negative"),
+])
+def test_labels_out_of_range_are_refused(tmp_path, monkeypatch, labels, message):
+    monkeypatch.setenv("HEURBENCH_CACHE", str(tmp_path / "cache"))
+    t = pq.read_table(CIFAR / "test.parquet").slice(0, len(labels))
+    t = t.set_column(t.column_names.index("label"), "label", pa.array(labels, pa.int64()))
+    for f in ("train.parquet", "test.parquet"):
+        pq.write_table(t, tmp_path / f)
+    with pytest.raises(DataError, match=message):
+        data.load({"name": "parquet", "root": str(tmp_path)})

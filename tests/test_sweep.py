@@ -79,11 +79,25 @@ def test_base_file_is_relative_to_the_sweep_and_depends_on_orders_sweeps(trial_d
     ({"overrides": [{"when": {}, "set": {"optim.lr": 1}}]}, r"overrides.0.when = \{\}: .*at least 1"),
     ({"grdi": {}}, r"unknown key 'grdi'"),
     ({"grid": {"seed.x": [1]}}, r"s.yaml: seed.x: 'seed' is not a section"),
+    ({"name": ".."}, r"name = '..': must be a plain name"),
+    ({"name": "../x"}, r"must be a plain name"),
+    ({"grdi": {}, "grid": {}}, r"unknown key 'grdi' \(did you mean 'grid'\?\)"),
+    ({"overrides": [{"when": {"data.batchsize": 50}, "set": {"optim.lr": 1}}]},
+     r"overrides.0.when: unknown key 'data.batchsize' \(did you mean 'batch_size'\?\); this rule would never fire"),
+    ({"overrides": [{"when": {"tags.x.y": 1}, "set": {"optim.lr": 1}}]}, r"unknown key 'tags.x.y'"),
 ])
 def test_bad_sweeps_give_one_line_naming_file_and_key(trial_dict, tmp_path, spec, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_sweep(write_sweep(tmp_path, trial_dict, **spec))
     assert "\n" not in str(err.value)
+
+
+def test_an_override_matching_no_point_is_a_warning(trial_dict, tmp_path, caplog):
+    spec = {"grid": {"optim.lr": [0.1, 0.2]}, "overrides": [{"when": {"optim.lr": 0.3}, "set": {"seed": 1}},
+                                                         {"when": {"tags.kind": "x"}, "set": {"seed": 2}}]}
+    with caplog.at_level("WARNING"):
+        assert len(load_sweep(write_sweep(tmp_path, trial_dict, **spec)).points) == 2
+    assert "overrides.0 (when {'optim.lr': 0.3}) matches no grid point" in caplog.text
 
 
 def test_base_and_base_file_are_exclusive(trial_dict, tmp_path):

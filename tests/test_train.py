@@ -242,3 +242,5 @@ def test_cli_resume_without_a_last_checkpoint_and_a_corrupt_one_are_one_line_err
     assert main(["train", str(path), "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert "truncated or corrupt" in err and len(err.splitlines()) == 1
+    status = json.loads((last.parent.parent / "status.json").read_text())
+    assert status["state"] == "failed" and "truncated or corrupt" in status["reason"]
