@@ -12,22 +12,18 @@ from typing import Callable, Optional
 
 from harness import checkpoints
 from harness.config import TrialConfig, dump
-from harness.layout import RunDir, TrialDir
+from harness.grid import FINISHED
+from harness.layout import RunDir
 from harness.metrics import MetricsWriter, tag_columns
 from harness.storage import write_json, write_text
 
-ENDED = ("done", "diverged")
 RESUME_KEYS = ("model", "model_spec", "optimizer", "rng", "iteration", "parts", "elapsed")  # what save_last writes
-
-
-def trial_dir(out: Path, cfg: TrialConfig) -> TrialDir:
-    return RunDir(out).trial(cfg.trial_id())
 
 
 def finished_state(out: Path, cfg: TrialConfig) -> Optional[str]:
     """'done' or 'diverged' if the trial already ended, else None (read before any data is loaded)."""
-    state = trial_dir(out, cfg).read_status().get("state")
-    return state if state in ENDED else None
+    state = RunDir(out).trial(cfg.trial_id()).read_status().get("state")
+    return state if state in FINISHED else None
 
 
 class TrialRecord:
