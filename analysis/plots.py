@@ -46,12 +46,14 @@ def heatmap(matrix, rows: Sequence[str], cols: Sequence[str], path: str | Path, 
 
 def similarity_heatmap(rows: pd.DataFrame, path: str | Path, title: str = "", xlabel: str = "",
                        ylabel: str = "") -> Path:
-    """`heatmap` of layer x layer rows (index_a, index_b, layer_a, layer_b, similarity), as `cca_rows` returns.
+    """`heatmap` of layer x layer rows (index_a, index_b, layer_a, layer_b, similarity), as `cca_rows` returns;
+    the axes read "layer of <xlabel>" (the second checkpoint) and "layer of <ylabel>" (the first).
     Rows of `layer_similarity` (with n and the permutation null) show the similarity above the null
     (similarity - null_mean), cells not above every permutation (null_max) marked x, and n in the title."""
     def grid(column: str) -> np.ndarray:
         return rows.pivot_table(index="index_a", columns="index_b", values=column, dropna=False).values
 
+    xlabel, ylabel = f"layer of {xlabel or 'the second checkpoint'}", f"layer of {ylabel or 'the first checkpoint'}"
     la = rows.drop_duplicates("index_a").sort_values("index_a").layer_a.tolist()
     lb = rows.drop_duplicates("index_b").sort_values("index_b").layer_b.tolist()
     if "null_max" not in rows:
@@ -61,30 +63,44 @@ def similarity_heatmap(rows: pd.DataFrame, path: str | Path, title: str = "", xl
                    marks=~(grid("similarity") > grid("null_max")))
 
 
-def diagonal_lines(rows: pd.DataFrame, path: str | Path, by: Sequence[str] = (), title: str = "") -> Path:
+def diagonal_lines(rows: pd.DataFrame, path: str | Path, by: Sequence[str] = (), title: str = "",
+                   over: str | None = None) -> Path:
     """`lines` of the per-layer similarity (layer_a vs layer_a rows of `layer_similarity`) next to its
-    permutation null (null_mean), one pair of lines per combination of the `by` columns."""
-    long = rows.melt(id_vars=["layer_a", *by], value_vars=["similarity", "null_mean"], var_name="curve")
-    return lines(long, "layer_a", "value", path, by=[*by, "curve"], title=title)
+    permutation null (null_mean), one pair of lines per combination of the `by` columns (mean and band over
+    the `over` column, e.g. seed, where it varies)."""
+    keep = [*by] + ([over] if over else [])
+    long = rows.melt(id_vars=["layer_a", *keep], value_vars=["similarity", "null_mean"], var_name="curve")
+    return lines(long, "layer_a", "value", path, by=[*by, "curve"], title=title, over=over)
 
 
 def lines(df: pd.DataFrame, x: str, y: str, path: str | Path, by: Sequence[str] = (), title: str = "",
-          logy: bool = False) -> Path:
+          logy: bool = False, over: str | None = None) -> Path:
     """One line per combination of the `by` columns: per-layer diagonals, curve vs segment along t,
-    metric vs epoch, accuracy per frequency variant (categorical x is plotted in row order)."""
+    metric vs epoch, accuracy per frequency variant (categorical x is plotted in row order). With `over`
+    (e.g. "seed"), a combination holding several values of that column is drawn as the mean over them at each
+    x with a band: the 95% t interval of the mean (analysis.claims.interval), where at least 2 are finite."""
+    from analysis.claims import interval
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for n, (key, part) in enumerate(df.groupby(list(by), sort=False) if by else [((), df)]):
         label = ", ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        ax.plot(part[x].astype(str) if part[x].dtype == object else part[x], part[y], marker=".", label=label or None,
-                linestyle=("-", "--", ":", "-.")[n // 10 % 4])  # colours repeat after 10 lines; styles tell them apart
+        if over is not None and part[over].nunique() > 1:
+            stats = pd.DataFrame([{x: v, **interval(g[y])} for v, g in part.groupby(x, sort=False)])
+            label = f"{label} (mean of {part[over].nunique()} {over}s)".strip()
+            part = stats.rename(columns={"mean": y})
+        xs = part[x].astype(str) if part[x].dtype == object else part[x]
+        line, = ax.plot(xs, part[y], marker=".", label=label or None,
+                        linestyle=("-", "--", ":", "-.")[n // 10 % 4])  # colours repeat after 10; styles differ
+        if "lo" in part:
+            ax.fill_between(xs, part["lo"], part["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set(xlabel=x, ylabel=y)
     if not pd.api.types.is_numeric_dtype(df[x]):  # layer names, variants
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     ax.set_title(title, fontsize=9)
     if logy:
         ax.set_yscale("log")
-    if by:
+    if by or over is not None:
         ax.legend(fontsize=7, title=", ".join(by), title_fontsize=7)
     return _save(fig, path)
 

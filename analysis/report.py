@@ -14,10 +14,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis import plots, results
+from analysis import claims as claims_lib
+from analysis import benchmark, html, plots, results
 from analysis.activations import fixed_inputs
 from analysis.cca import PERMUTATIONS, cca_rows
 from analysis.connectivity import connect as connect_curve
+from analysis.evaluation import evaluate
 from analysis.loading import Checkpoints
 from analysis.swa import swa_rows
 from harness.errors import ConfigError
@@ -94,6 +96,8 @@ class Report:
         self.lines += list(lines)
 
     def finish(self) -> Path:
+        html.write(self.run.report_html, f"{self.name} report", "\n".join(self.lines), self.figures,
+                   self.run.report_table("claims"))
         self.say("", "## Figures", *[f"- `{p.relative_to(self.dir)}`" for p in self.figures],
                  "", f"Tables: `{self.run.analysis('report').relative_to(self.dir)}/*.parquet`")
         out = self.run.report_md
@@ -101,22 +105,30 @@ class Report:
         return out
 
 
-def similarity(r: Report, a: Path, b: Path, inputs: int) -> pd.DataFrame:
+def similarity(r: Report, a: Path, b: Path, inputs: int, diagonal: bool = False) -> pd.DataFrame:
     """SVCCA layer x layer rows, with n, widths and permutation null, between two checkpoints over the first
-    `inputs` test images (more than the test split holds: a one-line error)."""
+    `inputs` test images (more than the test split holds: a one-line error); with `diagonal`, only each layer
+    against the same layer of the other checkpoint (a tenth of the cost for an 11-layer net)."""
     cs = r.open(a, b)
     test = cs.batches("test")
-    rows = cca_rows(cs.model(0), cs.model(1), fixed_inputs(test.inputs, inputs, split="test"), test.transform,
-                    cs.batch_size)
-    cs.write("cca", rows, measure="svcca", conv="positions", inputs=inputs, split="test", permutations=PERMUTATIONS)
+    model_a, model_b = cs.model(0), cs.model(1)
+    x = fixed_inputs(test.inputs, inputs, split="test")
+    if diagonal:
+        rows = pd.concat([cca_rows(model_a, model_b, x, test.transform, cs.batch_size, layers_a=[layer],
+                                   layers_b=[layer]).assign(index_a=i, index_b=i)
+                          for i, layer in enumerate(model_a.probe_layers)], ignore_index=True)
+    else:
+        rows = cca_rows(model_a, model_b, x, test.transform, cs.batch_size)
+    cs.write("cca", rows, measure="svcca", conv="positions", inputs=inputs, split="test", permutations=PERMUTATIONS,
+             diagonal=diagonal)
     return rows
 
 
 def connect(r: Report, pairs: list[tuple[str, Path, Path]], curve_epochs: tuple[int, ...], images: int,
-            t_points: int, lr: float = 0.015) -> dict[str, Path]:
+            t_points: int, lr: float = 0.015) -> tuple[dict[str, Path], pd.DataFrame, pd.DataFrame]:
     """Polychain curve vs straight segment for each (label, a, b) pair (Garipov et al.; closer look sec. 2-3):
     loss and accuracy along t (figures connect_<label>_{loss,accuracy}), tables connect_curves and
-    connect_barriers; returns each pair's bend checkpoint."""
+    connect_barriers; returns each pair's bend checkpoint and the two tables (column `pair`: the label)."""
     curves, bars, bends = [], [], {}
     params = dict(curve="polychain", epochs=max(curve_epochs), lr=lr)
     for label, a, b in pairs:
@@ -133,40 +145,66 @@ def connect(r: Report, pairs: list[tuple[str, Path, Path]], curve_epochs: tuple[
                         title=f"{r.name}: {label}, curve (epoch {max(curve_epochs)}) vs segment")
         curves.append(rows.assign(pair=label))
         bars.append(bar.assign(pair=label))
-    r.table("connect_curves", pd.concat(curves, ignore_index=True))
+    curves = r.table("connect_curves", pd.concat(curves, ignore_index=True))
     bar = r.table("connect_barriers", pd.concat(bars, ignore_index=True)[
         ["pair", "path", "curve_epoch", "split", "loss_barrier", "error_barrier"]])
     r.say("## Barriers: max along the path above both ends (segment: curve_epoch 0)", "",
           bar.to_markdown(index=False, floatfmt=".4f"), "")
-    return bends
+    return bends, curves, bar
 
 
 def accuracy_curves(r: Report, by: str, split: str = "test") -> pd.DataFrame:
-    """Figure + table: `split` accuracy vs epoch per value of the `by` column; final and best per trial."""
+    """Figure + table: `split` accuracy vs epoch per value of the `by` column (mean over seeds with a 95% band
+    where a setting has several); final and best per trial, with its seed and state."""
     ev = r.metrics[(r.metrics.kind == "eval") & (r.metrics.split == split)].sort_values("iteration")
-    plots.lines(ev, "epoch", "accuracy", r.figure(f"{split}_accuracy"), by=[by], title=f"{r.name}: {split} accuracy")
-    rows = []
-    for tid, part in ev.groupby("trial_id"):
-        rows.append({"trial_id": tid, by: part[by].iloc[0], "state": r.state(tid), "final_accuracy": part.accuracy.iloc[-1],
-                     "best_accuracy": part.accuracy.max(), "epochs": part.epoch.iloc[-1]})
-    return r.table(f"{split}_accuracy", pd.DataFrame(rows).sort_values(by))
+    plots.lines(ev, "epoch", "accuracy", r.figure(f"{split}_accuracy"), by=[by], over="seed",
+                title=f"{r.name}: {split} accuracy")
+    acc = benchmark.per_trial(r.metrics, split)
+    acc = acc.assign(state=[r.state(t) for t in acc.trial_id])[["trial_id", by, "seed", "state", "final_accuracy",
+                                                                 "best_accuracy", "epochs"]]
+    return r.table(f"{split}_accuracy", acc.sort_values([by, "seed"]))
 
 
-def over_seeds(r: Report, acc: pd.DataFrame, by: str, name: str) -> pd.DataFrame:
-    """Table `name`: mean and std over seeds of the final and best accuracy per value of `by`."""
-    return r.table(name, acc.groupby(by).agg(
-        final_mean=("final_accuracy", "mean"), final_std=("final_accuracy", "std"), best_mean=("best_accuracy", "mean"),
-        best_std=("best_accuracy", "std"), seeds=("trial_id", "size")).reset_index())
+def over_seeds(r: Report, acc: pd.DataFrame, by: str | list[str], name: str,
+               values: dict[str, str] | None = None) -> pd.DataFrame:
+    """Table `name`: per value of `by`, the number of seeds and, for each prefix: column of `values` (default
+    final: final_accuracy, best: best_accuracy), the mean over seeds and its 95% t interval (<prefix>_mean, _lo,
+    _hi; lo and hi NaN with one seed)."""
+    values = values or {"final": "final_accuracy", "best": "best_accuracy"}
+    df = benchmark.over_seeds(acc, [by] if isinstance(by, str) else by, list(values.values()))
+    return r.table(name, df.rename(columns={"trials": "seeds", **{f"{column}_{s}": f"{prefix}_{s}"
+                                                                  for prefix, column in values.items()
+                                                                  for s in ("mean", "lo", "hi")}}))
 
 
-def swa_accuracy(r: Report, ckpts: list[Path], images: int) -> float:
-    """Test accuracy of the average of `ckpts` (BN recomputed on the first `images` train images)."""
+def per_seed(acc: pd.DataFrame, by: str, value: str = "final_accuracy") -> pd.DataFrame:
+    """The per-seed frame of claims: index seed, one column per value of `by` holding `value`."""
+    return acc.pivot_table(index="seed", columns=by, values=value, aggfunc="first")
+
+
+def claims(r: Report, claims: list, frame: pd.DataFrame) -> pd.DataFrame:
+    """The study's claims judged on the per-seed `frame` (analysis.claims): table `claims` and the report's
+    claims section (the last one: each study calls this at its end)."""
+    table = r.table("claims", claims_lib.table(claims, frame))
+    shown = table.assign(interval=[f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(table.ci_lo, table.ci_hi)])
+    r.say("## Claims", "", "Each claim's statistic per seed (paired by seed), its mean over seeds and 95% t interval; "
+          "the verdict applies the rule (declared in the study's code before any run) to the interval.", "",
+          shown[["claim", "statistic", "rule", "seeds", "mean", "interval", "verdict", "note"]]
+          .to_markdown(index=False, floatfmt=".4g"), "",
+          *[f"- `{c.id}`: {c.statement}" for c in claims], "")
+    return table
+
+
+def swa_accuracy(r: Report, ckpts: list[Path], images: int) -> tuple[float, float]:
+    """Test accuracy of the average of `ckpts` (BN recomputed on the first `images` train images) and of the last
+    checkpoint as saved, both on the first `images` test images (the same images, so the two compare)."""
     cs = r.open(*ckpts)
     splits = cs.splits(images, images)
+    last = evaluate(cs.model(len(ckpts) - 1), splits["test"])["accuracy"]
     rows, model = swa_rows(cs.model(0), [c["model"] for c in cs.ckpts], splits, splits["train"])
     written = cs.write("swa", rows)
     cs.save(r.run.derived_of(written, "swa"), model, "swa", averaged=cs.ids)
-    return rows.query("split == 'test'").accuracy.iloc[0]
+    return rows.query("split == 'test'").accuracy.iloc[0], last
 
 
 # `heurbench report` options that scale a study's analyses; each study takes the ones in its signature.
@@ -176,9 +214,10 @@ SIZES = {"images": "train/test images per evaluation (curves, planes, SWA, sharp
          "iters": "Lanczos iterations at most (it stops earlier once converged)"}
 
 
-def report(run_dir: str | Path, study: str | None = None, **sizes) -> Path:
+def report(run_dir: str | Path, study: str | None = None, target: float | None = None, **sizes) -> Path:
     """Run the study's report on a sweep folder; the study defaults to the sweep name's prefix (s1..s7).
-    `sizes` (see SIZES) override the study's defaults, which are set for the reduced sweeps."""
+    `sizes` (see SIZES) override the study's defaults, which are set for the reduced sweeps; `target` is the
+    accuracy of the benchmark sections' time-to-target table (analysis.benchmark.sections)."""
     from analysis.studies import STUDIES  # the studies import this module's helpers
 
     r = Report(run_dir)
@@ -191,6 +230,7 @@ def report(run_dir: str | Path, study: str | None = None, **sizes) -> Path:
         raise ConfigError(f"--{unused[0].replace('_', '-')}: not used by the {key} report (it takes: "
                          f"{', '.join('--' + k.replace('_', '-') for k in sorted(takes)) or 'none'})")
     STUDIES[key](r, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in sizes.items() if v is not None})
+    benchmark.sections(r, target)
     out = r.finish()
     log.info("report: %s (%d figures)", out, len(r.figures))
     return out
@@ -203,12 +243,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("report", help="run a study's analyses on a sweep's checkpoints; figures + tables + report.md")
     p.add_argument("run_dir", help="runs/<sweep>")
     p.add_argument("--study", help=f"one of {sorted(STUDIES)} (default: from the sweep name)")
+    p.add_argument("--target", type=float, help="test accuracy for the time-to-target table (default: 0.9 x the "
+                   "best any finished trial reached)")
     for k, text in SIZES.items():
         p.add_argument("--" + k.replace("_", "-"), type=int, nargs="+" if k == "curve_epochs" else None,
                        help=text + " (default: the study's, sized for the reduced sweeps)")
 
     def run(a) -> int:
-        print(report(a.run_dir, a.study, **{k: getattr(a, k) for k in SIZES}))
+        print(report(a.run_dir, a.study, a.target, **{k: getattr(a, k) for k in SIZES}))
         return 0
 
     p.set_defaults(func=run)

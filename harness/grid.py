@@ -14,15 +14,17 @@ Ray Tune, slurm/launch.py submits it to SLURM; both run each point with harness/
 """
 from __future__ import annotations
 
-import copy
 import difflib
+import functools
 import itertools
 import logging
+import math
+import operator
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -106,6 +108,7 @@ class Point:
     index: int
     values: dict[str, Any]  # swept key -> value, as the trial sees it (after overrides)
     cfg: TrialConfig
+    chosen: dict[str, Any]  # the point's axis values (before overrides)
 
     @property
     def trial_id(self) -> str:
@@ -114,14 +117,89 @@ class Point:
 
 @dataclass
 class Sweep:
+    """A sweep's spec and base; its points are expanded (every one validated) when first asked for, or streamed
+    one at a time by `stream` (a grid too large to hold)."""
     spec: SweepSpec
     source: Path
     base: dict
-    points: list[Point]
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def axes(self) -> list[list[dict]]:
+        """The varied parts of a point, one list per axis (grid keys, zip groups, seeds; the last varies fastest)."""
+        axes = [[{k: v} for v in vals] for k, vals in self.spec.grid.items()]
+        axes += [[dict(zip(group, row)) for row in zip(*group.values())] for group in self.spec.zip]
+        if self.spec.seeds is not None:
+            axes.append([{"seed": s} for s in self.spec.seeds])
+        return axes
+
+    def __len__(self) -> int:
+        return math.prod(len(a) for a in self.axes)
+
+    @functools.cached_property
+    def points(self) -> list[Point]:
+        return list(self.stream())
+
+    def stream(self) -> Iterator[Point]:
+        """Every point, validated, in order, without holding them: a first pass finds each swept key's metrics
+        type (and overrides that never fire), the second builds and checks the configs."""
+        source = str(self.source)
+        check_rules(self.spec, source)
+        kinds: dict[str, dict[str, Any]] = {}  # swept key -> one value of each kind seen (harness.metrics.tag_columns)
+        fired: set[int] = set()
+        for _, _, values in self._resolved(fired):
+            for k, v in values.items():
+                kind = "none" if v is None else "bool" if isinstance(v, bool) else \
+                    "number" if isinstance(v, (int, float)) else "other"
+                kinds.setdefault(k, {}).setdefault(kind, v)
+        for n, rule in enumerate(self.spec.overrides):
+            if n not in fired:
+                log.warning("%s: overrides.%d (when %s) matches no grid point", source, n, rule.when)
+        reps = [{k: list(seen.values())[min(i, len(seen) - 1)] for k, seen in kinds.items() if k != "seed"}
+                for i in range(max(map(len, kinds.values()), default=0))]
+        seen: set[int] = set()
+        for p in self._points(reps):
+            fingerprint = hash(p.cfg.model_dump_json(exclude={"name"}))
+            if fingerprint in seen:  # the same trial as an earlier point (or, once in ~10^11 sweeps, a hash collision)
+                first = next(q for q in self._points(reps) if q.trial_id == p.trial_id)
+                if first.index < p.index:
+                    label = ", ".join(f"{k}={v}" for k, v in p.chosen.items())
+                    raise ConfigError(f"{source}: grid points {first.index} and {p.index} are the same trial "
+                                      f"({label})")
+            seen.add(fingerprint)
+            yield p
+
+    def _resolved(self, fired: set[int]) -> Iterator[tuple[dict, dict, dict]]:
+        """(chosen axis values, trial config with overrides applied, swept values) of each point, in order; adds
+        the index of every override that fires to `fired`."""
+        source = str(self.source)
+        swept = [k for axis in self.axes for k in axis[0]] + [k for r in self.spec.overrides for k in r.set]
+        swept = list(dict.fromkeys(swept))
+        for combo in itertools.product(*self.axes):
+            raw = dict(self.base)
+            chosen = {k: v for part in combo for k, v in part.items()}
+            for k, v in chosen.items():
+                set_dotted(raw, k, v, source)
+            for n, rule in enumerate(self.spec.overrides):
+                if all(value_at(raw, k) == v for k, v in rule.when.items()):
+                    fired.add(n)
+                    for k, v in rule.set.items():
+                        set_dotted(raw, k, v, source)
+            yield chosen, raw, {k: get_dotted(raw, k) for k in swept}
+
+    def _points(self, reps: list[dict]) -> Iterator[Point]:
+        """Each point's validated config: its swept values as tags, typed as `tag_columns` types them over the
+        whole sweep (`reps`: rows holding one value of each kind every swept key takes)."""
+        check = SectionCache()
+        for i, (chosen, raw, values) in enumerate(self._resolved(set())):
+            tags = tag_columns([*reps, {k: v for k, v in values.items() if k != "seed"}])[-1]
+            raw["name"] = f"{self.spec.name}-{i:03d}"
+            raw["tags"] = {**raw.get("tags", {}), **tags}
+            label = ", ".join(f"{k}={v}" for k, v in chosen.items())
+            yield Point(i, values, check(raw, f"{self.source}: grid point {i} ({label})"), chosen)
 
     def resolved(self) -> dict:
         """The sweep as run: its spec with the base inlined, and every point's id and values."""
@@ -131,7 +209,50 @@ class Sweep:
         return spec
 
 
+class SectionCache:
+    """`parse_trial` for many configs that share most of their sections: each distinct section (model, data,
+    optim, ...) is validated once (up to MEMO of them kept), then per config only the top level (name, seed,
+    tags, the checks across sections). The same configs and errors as `parse_trial`; configs share section objects
+    (read-only, as every config is)."""
+    MEMO = 4096
+
+    def __init__(self):
+        self.memo: dict[tuple[str, str], Strict] = {}
+
+    def __call__(self, raw: dict, source: str) -> TrialConfig:
+        top = dict(raw)
+        try:
+            for name, model in SECTIONS.items():
+                if isinstance(raw.get(name), dict):
+                    top[name] = self.section(name, model, raw[name])
+            return TrialConfig.model_validate(top)
+        except ValidationError:
+            return parse_trial(raw, source)  # the usual one-line error, naming the key within its section
+
+    def section(self, name: str, model: type[Strict], raw: dict) -> Strict:
+        key = (name, repr(raw))  # equal for equal YAML values (str, numbers, bools, None, dates, lists, mappings)
+        if key not in self.memo:
+            if len(self.memo) >= self.MEMO:
+                self.memo.clear()
+            self.memo[key] = model.model_validate(raw)
+        return self.memo[key]
+
+
+def section_model(annotation: Any) -> Any:
+    """A field's type with Optional[...] unwrapped (Optional[DistillCfg] -> DistillCfg)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+SECTIONS = {name: section_model(f.annotation) for name, f in TrialConfig.model_fields.items()
+            if isinstance(section_model(f.annotation), type) and issubclass(section_model(f.annotation), Strict)}
+
+
 def get_dotted(d: dict, key: str) -> Any:
+    """Dotted `key` of a mapping, None where it is absent. (A swept value and so a tag, part of the trial id: a key
+    an override sets and the base leaves out stays None where the override does not fire.)"""
     for part in key.split("."):
         if not isinstance(d, dict) or part not in d:
             return None
@@ -139,13 +260,36 @@ def get_dotted(d: dict, key: str) -> Any:
     return d
 
 
+def value_at(raw: dict, key: str) -> Any:
+    """Dotted `key` of a trial config as the trial sees it: its value in `raw`, else the schema's default (None
+    where there is neither, or the section is absent)."""
+    node: Any = raw
+    model: Any = TrialConfig
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        if part in node:
+            node = node[part]
+        elif isinstance(model, type) and issubclass(model, Strict) and part in model.model_fields \
+                and not model.model_fields[part].is_required():
+            node = model.model_fields[part].get_default(call_default_factory=True)
+            node = node.model_dump(mode="json") if isinstance(node, Strict) else node
+        else:
+            return None
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, Strict) else None
+        model = section_model(field.annotation) if field else None
+    return node
+
+
 def set_dotted(d: dict, key: str, value: Any, source: str) -> None:
+    """Set dotted `key` in `d`, copying the sections on its path first (so `d` may share them with other configs)."""
     *parents, leaf = key.split(".")
     for part in parents:
-        d = d.setdefault(part, {})
-        if not isinstance(d, dict):
+        section = d.get(part, {})
+        if not isinstance(section, dict):
             raise ConfigError(f"{source}: {key}: {part!r} is not a section of the trial config")
-    d[leaf] = copy.deepcopy(value)
+        d[part] = d = dict(section)
+    d[leaf] = value
 
 
 def schema_key(key: str) -> tuple[bool, list[str]]:
@@ -158,15 +302,13 @@ def schema_key(key: str) -> tuple[bool, list[str]]:
             return typing.get_origin(model) is dict and i == len(parts) - 1, []
         if part not in model.model_fields:
             return False, list(model.model_fields)
-        model = model.model_fields[part].annotation
-        args = [a for a in typing.get_args(model) if a is not type(None)]
-        if typing.get_origin(model) in (typing.Union, types.UnionType) and len(args) == 1:
-            model = args[0]  # Optional[Section]
+        model = section_model(model.model_fields[part].annotation)
     return True, []
 
 
 def check_rules(spec: SweepSpec, source: str) -> None:
-    """An override whose `when` names a key the trial config does not have could never fire: an error."""
+    """An override whose `when` names a key the trial config does not have could never fire: an error. (A key the
+    base leaves out matches its schema default: `value_at`.)"""
     for n, rule in enumerate(spec.overrides):
         for key in rule.when:
             ok, fields = schema_key(key)
@@ -177,45 +319,8 @@ def check_rules(spec: SweepSpec, source: str) -> None:
                                   f"fire")
 
 
-def expand(spec: SweepSpec, base: dict, source: str) -> list[Point]:
-    """Cartesian product of grid axes, zip groups and seeds; overrides applied; each point validated."""
-    axes = [[{k: v} for v in vals] for k, vals in spec.grid.items()]
-    axes += [[dict(zip(group, row)) for row in zip(*group.values())] for group in spec.zip]
-    if spec.seeds is not None:
-        axes.append([{"seed": s} for s in spec.seeds])
-    swept = [k for axis in axes for k in axis[0]] + [k for r in spec.overrides for k in r.set]
-    swept = list(dict.fromkeys(swept))
-    check_rules(spec, source)
-    resolved, fired = [], set()
-    for combo in itertools.product(*axes):
-        raw = copy.deepcopy(base)
-        chosen = {k: v for part in combo for k, v in part.items()}
-        for k, v in chosen.items():
-            set_dotted(raw, k, v, source)
-        for n, rule in enumerate(spec.overrides):
-            if all(get_dotted(raw, k) == v for k, v in rule.when.items()):
-                fired.add(n)
-                for k, v in rule.set.items():
-                    set_dotted(raw, k, v, source)
-        resolved.append((chosen, raw, {k: get_dotted(raw, k) for k in swept}))
-    for n, rule in enumerate(spec.overrides):
-        if n not in fired:
-            log.warning("%s: overrides.%d (when %s) matches no grid point", source, n, rule.when)
-    columns = tag_columns([{k: v for k, v in values.items() if k != "seed"} for _, _, values in resolved])
-    points, seen = [], {}
-    for i, ((chosen, raw, values), tags) in enumerate(zip(resolved, columns)):
-        raw["name"] = f"{spec.name}-{i:03d}"
-        raw["tags"] = {**raw.get("tags", {}), **tags}
-        label = ", ".join(f"{k}={v}" for k, v in chosen.items())
-        cfg = parse_trial(raw, f"{source}: grid point {i} ({label})")
-        if cfg.trial_id() in seen:
-            raise ConfigError(f"{source}: grid points {seen[cfg.trial_id()]} and {i} are the same trial ({label})")
-        seen[cfg.trial_id()] = i
-        points.append(Point(i, values, cfg))
-    return points
-
-
-def load_sweep(path: str | Path) -> Sweep:
+def read_sweep(path: str | Path) -> Sweep:
+    """The sweep YAML at `path`, its spec and base checked; points not yet expanded."""
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -227,26 +332,33 @@ def load_sweep(path: str | Path) -> Sweep:
     base = spec.base if spec.base is not None else read_yaml(path.parent / spec.base_file)
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a mapping of trial config keys")
-    sweep = Sweep(spec, path, base, expand(spec, base, str(path)))
-    if spec.resources.pack != 1:
+    return Sweep(spec, path, base)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """The sweep at `path` with every point expanded and validated (and its packs, if it packs trials)."""
+    sweep = read_sweep(path)
+    points = sweep.points  # expanded and validated now, before anything runs
+    if sweep.spec.resources.pack != 1:
         from harness.pack import packs
 
         try:
-            packs([p.cfg for p in sweep.points], 2)
+            packs([p.cfg for p in points], 2)
         except ConfigError as err:
-            raise ConfigError(f"{path}: resources.pack = {spec.resources.pack}: {err}") from None
+            raise ConfigError(f"{path}: resources.pack = {sweep.spec.resources.pack}: {err}") from None
     return sweep
 
 
-def in_order(path: str | Path, _stack: tuple = ()) -> list[Sweep]:
-    """The sweep and every sweep it depends on, dependencies first (each once)."""
+def in_order(path: str | Path, load: Callable[[Path], Sweep] = load_sweep, _stack: tuple = ()) -> list[Sweep]:
+    """The sweep and every sweep it depends on, dependencies first (each once), each read by `load` (load_sweep
+    expands and validates every point; read_sweep leaves them to `Sweep.stream`)."""
     path = Path(path).resolve()
     if path in _stack:
         raise ConfigError(f"{path}: depends_on forms a cycle ({' -> '.join(p.name for p in _stack + (path,))})")
-    sweep = load_sweep(path)
+    sweep = load(path)
     out: list[Sweep] = []
     for dep in sweep.spec.depends_on:
-        for s in in_order(path.parent / dep, _stack + (path,)):
+        for s in in_order(path.parent / dep, load, _stack + (path,)):
             if s.source not in [o.source for o in out]:
                 out.append(s)
     return out + [sweep]
@@ -257,14 +369,47 @@ def state_of(out: Path, p: Point) -> str:
     return RunDir(out).trial(p.trial_id).read_status().get("state", "pending")
 
 
-def table(sweep: Sweep, out: Optional[Path] = None) -> str:
-    """Plain-text trial table: index, trial id, swept values (and state when `out` exists)."""
-    keys = list(sweep.points[0].values) if sweep.points else []
-    head = ["#", "trial_id", *keys] + (["state"] if out else [])
-    rows = [[str(p.index), p.trial_id, *(str(p.values[k]) for k in keys)] + ([state_of(out, p)] if out else [])
-            for p in sweep.points]
-    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows])
+SUMMARY_KEYS = ("model.name", "model.width", "data.name", "data.batch_size", "budget.epochs", "budget.iterations",
+                "perf.device", "perf.bf16", "perf.compile")  # the settings a trial's time and memory depend on
+
+
+def plan(sweep: Sweep, out: Optional[Path] = None, rows: Optional[int] = 10) -> Iterator[str]:
+    """`sweep plan`'s lines, streamed while every point is validated: the sweep's size and resources, its first
+    `rows` trials (None: all) as a table of index, trial id, swept values (and state when `out` is given), then the
+    distinct values of SUMMARY_KEYS. Column widths fit the first 100 rows."""
+    r = sweep.spec.resources
+    yield (f"sweep {sweep.name} ({sweep.source}): {len(sweep)} trials, {r.cpus_per_trial:g} CPU, "
+           f"{r.gpus_per_trial:g} GPU, {r.workers_per_trial} worker(s) per trial")
+    distinct: dict[str, dict] = {k: {} for k in SUMMARY_KEYS}
+    buffer: list[list[str]] = []
+    widths: Optional[list[int]] = None
+    for p in sweep.stream():
+        for k, seen in distinct.items():
+            seen[operator.attrgetter(k)(p.cfg)] = None
+        if rows is not None and p.index >= rows:
+            continue
+        if not buffer:
+            buffer.append(["#", "trial_id", *p.values] + (["state"] if out else []))
+        row = [str(p.index), p.trial_id, *map(str, p.values.values())] + ([state_of(out, p)] if out else [])
+        if widths is None:
+            buffer.append(row)
+            if len(buffer) > 100:
+                widths = [max(map(len, col)) for col in zip(*buffer)]
+                yield from (fmt_row(b, widths) for b in buffer)
+        else:
+            yield fmt_row(row, widths)
+    if widths is None:
+        widths = [max(map(len, col)) for col in zip(*buffer)]
+        yield from (fmt_row(b, widths) for b in buffer)
+    if rows is not None and len(sweep) > rows:
+        yield f"... {len(sweep) - rows} more trials (--all lists every one)"
+    shown = {k: [v for v in seen if v is not None] for k, seen in distinct.items()}
+    yield "distinct: " + "; ".join(f"{k} = {', '.join(map(str, vals[:8]))}{' ...' if len(vals) > 8 else ''} "
+                                   f"({len(vals)})" for k, vals in shown.items() if vals)
+
+
+def fmt_row(row: list[str], widths: list[int]) -> str:
+    return "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()
 
 
 def write_resolved(sweep: Sweep, out: Path) -> None:

@@ -1,8 +1,8 @@
 """The run-folder layout: every path heurbench reads or writes under a results root.
 
     <root>/<sweep>/sweep.yaml                          the resolved sweep, as run
-    <root>/<sweep>/metrics/part-<trial_id>-<n>.parquet  metrics rows
-    <root>/<sweep>/trials/<trial_id>/{config.yaml,status.json}
+    <root>/<sweep>/metrics/<trial_id>/part-<n>.parquet  metrics rows, one folder per trial (compacted: one part)
+    <root>/<sweep>/trials/<trial_id>/{config.yaml,status.json}, config.json once the trial ended
     <root>/<sweep>/trials/<trial_id>/ckpt/{iter=000200,epoch=030,last}.pt
     <root>/<sweep>/analysis/<kind>/part-<digest>.parquet analysis rows (report tables: analysis/report/)
     <root>/<sweep>/derived/<kind>/<name>.pt             models an analysis made (curve bends, SWA)
@@ -34,6 +34,7 @@ class TrialDir:
         self.path = Path(path)
         self.id = self.path.name
         self.config = self.path / "config.yaml"
+        self.config_json = self.path / "config.json"  # the same as JSON once the trial ended: ~100x faster to read
         self.status = self.path / "status.json"
         self.ckpt_dir = self.path / "ckpt"
         self.last = self.ckpt_dir / "last.pt"
@@ -93,6 +94,7 @@ class RunDir:
         self.metrics = self.path / "metrics"
         self.figures = self.path / "figures"
         self.report_md = self.path / "report.md"
+        self.report_html = self.path / "report.html"
         self.tune = self.path / ".tune"
 
     @property
@@ -103,15 +105,44 @@ class RunDir:
     def trial(self, trial_id: str) -> TrialDir:
         return TrialDir(self.path / "trials" / trial_id)
 
+    def trial_ids(self) -> list[str]:
+        """Ids of the trials with a folder under trials/, sorted."""
+        return sorted(p.name for p in (self.path / "trials").glob("*") if p.is_dir())
+
+    def metrics_of(self, trial_id: str) -> Path:
+        """metrics/<trial_id>/: the trial's parts. A folder per trial lets a reader pick trials by path, and
+        `pd.read_parquet(metrics)` still reads them all (it skips the hidden folders below)."""
+        return self.metrics / trial_id
+
     def metrics_part(self, trial_id: str, n: int) -> Path:
-        return self.metrics / f"part-{trial_id}-{n:05d}.parquet"
+        return self.metrics_of(trial_id) / f"part-{n:05d}.parquet"
 
     def metrics_temp_files(self, trial_id: str) -> list[Path]:
         """Temp files an interrupted write of the trial's metrics parts left behind."""
-        return list(self.metrics.glob(f".part-{trial_id}-*.tmp"))
+        return list(self.metrics_of(trial_id).glob(".part-*.tmp"))
 
     def metrics_parts(self, trial_id: str) -> dict[int, Path]:
-        """The trial's metrics parts by number."""
+        """The trial's metrics parts by (first) number."""
+        return {int(p.stem.removeprefix("part-")): p for p in self.metrics_of(trial_id).glob("part-*.parquet")}
+
+    def metrics_trials(self) -> list[str]:
+        """Ids of the trials with a metrics folder, sorted."""
+        return sorted(p.name for p in self.metrics.glob("*") if p.is_dir() and not p.name.startswith("."))
+
+    def metrics_staged(self, trial_id: str) -> Path:
+        """metrics/.<trial_id>.compact/: a compaction's merged part before it replaces the trial's folder."""
+        return self.metrics / f".{trial_id}.compact"
+
+    def metrics_staged_trials(self) -> list[str]:
+        """Ids of the trials with a staged merged part (a compaction in progress, or killed)."""
+        return sorted(p.name[1:].removesuffix(".compact") for p in self.metrics.glob(".*.compact"))
+
+    def metrics_retired(self, trial_id: str) -> Path:
+        """metrics/.<trial_id>.old/: the trial's parts once the merged part has replaced them."""
+        return self.metrics / f".{trial_id}.old"
+
+    def legacy_metrics_parts(self, trial_id: str) -> dict[int, Path]:
+        """Parts of the earlier flat layout, metrics/part-<trial_id>-<n>.parquet, by number."""
         return {int(p.stem.rsplit("-", 1)[1]): p for p in self.metrics.glob(f"part-{trial_id}-*.parquet")}
 
     def analysis(self, kind: str) -> Path:
@@ -133,6 +164,10 @@ class RunDir:
     def sibling(self, sweep: str) -> "RunDir":
         """Another sweep's folder under the same results root (for @sweep:point:file references)."""
         return RunDir(self.path.parent / sweep)
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a sweep's (or a trial's) results."""
+        return self.sweep_yaml.is_file() or self.metrics.is_dir() or (self.path / "trials").is_dir()
 
     def analysis_parts(self, kind: str) -> list[Path]:
         """One analysis kind's Parquet parts, sorted."""

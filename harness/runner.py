@@ -18,6 +18,8 @@ from harness.grid import FINISHED
 from harness.layout import RunDir
 from harness.storage import write_json
 
+log = logging.getLogger("heurbench.runner")
+
 
 def log_to_stderr(level: int = logging.INFO) -> None:
     """Progress lines as the CLI prints them, for trial processes that Ray, torchrun or SLURM start."""
@@ -58,18 +60,32 @@ def run_point(cfg: TrialConfig, out: Path, workers: int = 1) -> str:
 
 
 def mark_failed(out: Path, cfgs: list[TrialConfig], err: Exception) -> None:
-    """Record `err` as the reason in the status of every trial in `cfgs` that had not ended; not for a LockError
-    (another process is training those trials, and their status is its to write)."""
+    """Record `err` as the reason in the status of every trial in `cfgs` that had not ended (where the folder can
+    still be written); not for a LockError (another process is training those trials, and their status is its to
+    write)."""
     if isinstance(err, LockError):
         return
     for cfg in cfgs:
         trial = RunDir(out).trial(cfg.trial_id())
         if trial.read_status().get("state") not in FINISHED:
-            write_json(trial.status, {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
+            try:
+                write_json(trial.status, {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
+            except OSError as status_err:  # a read-only folder: `err` is what the caller reports
+                log.info("trial %s: status not recorded: %s", cfg.trial_id(), status_err)
+
+
+def quiet_sigterm_exit(unraisable) -> None:
+    """sys.unraisablehook of a Tune trial's worker. Tune ends a finished trial by removing its placement group,
+    so the raylet SIGTERMs the worker, whose Ray handler raises SystemExit; landing inside a weakref callback,
+    that SystemExit is printed as an 'Exception ignored' traceback (the worker exits all the same). Drop that
+    one kind; anything else goes to the default hook."""
+    if not issubclass(unraisable.exc_type, SystemExit):
+        sys.__unraisablehook__(unraisable)
 
 
 def run_job(cfgs: list[TrialConfig], out: Path, workers: int = 1) -> list[str]:
     """One Tune trial's work: a single point (run_point) or a pack of points trained as one stack."""
+    sys.unraisablehook = quiet_sigterm_exit
     if len(cfgs) == 1:
         return [run_point(cfgs[0], out, workers)]
     from harness.train import run_pack

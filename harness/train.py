@@ -21,6 +21,7 @@ import torch
 
 from harness import data as data_mod, distributed, lock, metrics, schedules
 from harness.config import TrialConfig
+from harness.grid import FINISHED
 from harness.layout import RunDir
 from harness.module_engine import ModuleEngine
 from harness.pack import check_packable
@@ -73,7 +74,11 @@ def train(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d: distr
     with lock.hold_all(held if d.main else [], lock.TRIAL_WAIT, hint="another process is training it"):
         if d.world > 1:
             torch.distributed.barrier()  # every rank reads the trials' states once rank 0 holds their locks
-        return train_locked(cfgs, out, resume, sweep, d, device, engine_for)
+        states = train_locked(cfgs, out, resume, sweep, d, device, engine_for)
+        for c, s in zip(cfgs, states):  # an ended trial's parts become one file (also one skipped as ended)
+            if d.main and s in FINISHED:
+                metrics.compact(run, c.trial_id())
+        return states
 
 
 def train_locked(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d: distributed.Dist,

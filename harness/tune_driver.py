@@ -6,6 +6,9 @@ a sweep skips finished trials and resumes the others from their checkpoints. DDP
 DDP trials go through `heurbench slurm submit`). Ray is imported only when a sweep runs.
 The driver holds the sweep's lock (harness.lock) for the whole sweep: a second driver on the same
 folder waits `wait` seconds for it, then is refused with one line naming the holder.
+A local Ray cluster's node is 127.0.0.1 (every port it opens listens on loopback only) unless the user names
+another node IP. Tune retries a trial whose process or node died up to `TRIAL_RETRIES` times; the retry resumes
+from the trial's last.pt.
 """
 from __future__ import annotations
 
@@ -23,6 +26,11 @@ from harness.runner import log_to_stderr, run_job
 
 log = logging.getLogger("heurbench.sweep")
 
+LOOPBACK = "127.0.0.1"
+# Tune's max_failures: a trial whose process or node died runs again, at most this many times, resuming from its
+# last.pt (a trial that raised is retried too, and fails again)
+TRIAL_RETRIES = 2
+
 
 def tune_trial(config: dict, jobs: dict, out: str, workers: int, cwd: str) -> None:
     """The Tune trainable: run job `config['job']` (its points' configs) from the driver's folder; report states."""
@@ -35,7 +43,7 @@ def tune_trial(config: dict, jobs: dict, out: str, workers: int, cwd: str) -> No
 
 
 def progress_callback(sweep: Sweep, out: Path, jobs: dict[int, list[Point]], total: int, already: int):
-    """A Tune callback logging one line per finished trial: counts and ETA."""
+    """A Tune callback logging one line per finished trial (counts and ETA) and one per retried trial."""
     from ray import tune
 
     from harness.train import fmt_eta
@@ -63,6 +71,11 @@ def progress_callback(sweep: Sweep, out: Path, jobs: dict[int, list[Point]], tot
         def on_trial_error(self, iteration, trials, trial, **info):
             self._log(trial, failed=True)
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            for p in jobs[trial.config["job"]]:
+                log.warning("sweep %s: trial %s (point %d) lost its process or node; retry %d/%d from its last.pt",
+                            sweep.name, p.trial_id, p.index, trial.num_failures, TRIAL_RETRIES)
+
     return Progress()
 
 
@@ -83,17 +96,45 @@ def pack_size(sweep: Sweep, todo: list[Point]) -> int:
 
 
 def run_sweep(sweep: Sweep, out_root: Path, address: Optional[str] = None, num_cpus: Optional[int] = None,
-              num_gpus: Optional[int] = None, wait: float = 0.0) -> dict[str, int]:
+              num_gpus: Optional[int] = None, wait: float = 0.0, node_ip: str = LOOPBACK) -> dict[str, int]:
     """Run every unfinished point of `sweep` as a Ray Tune trial, holding the sweep's lock (waiting up to `wait`
-    seconds for another driver to let go of it, else LockError); returns the count of trials per state."""
+    seconds for another driver to let go of it, else LockError); returns the count of trials per state.
+    Without `address`, on a new local cluster whose node IP is `node_ip`."""
     out = Path(out_root).resolve() / sweep.name
     with hold(RunDir(out).lock, f"sweep {sweep.name} ({out})", wait,
               hint="wait for it with --wait SECONDS, or stop that process"):
-        return _run_sweep(sweep, out, address, num_cpus, num_gpus)
+        return _run_sweep(sweep, out, address, num_cpus, num_gpus, node_ip)
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+             node_ip: str = LOOPBACK) -> None:
+    """Join the Ray cluster at `address`, or start a new local one (never a stale one that `ray start` left in
+    /tmp/ray/ray_current_cluster) of `num_cpus`/`num_gpus` whose node is `node_ip`: 127.0.0.1 keeps every
+    port on loopback; another IP of this host lets other machines join, and Ray then listens on all interfaces.
+
+    Ray reads 127.0.0.1 (as a node IP or in a cluster address) as "this host" and swaps in the host's outward
+    IP, except where it takes itself to be on macOS or Windows (`ray_constants.ENABLE_RAY_CLUSTER`, env
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; it has no other switch): that flag is cleared for a loopback node or
+    address, so the node started is 127.0.0.1 and listens there only, and an address on 127.0.0.1 is dialled
+    as it is."""
+    import ray
+    from ray._common.network_utils import is_localhost, parse_address
+    from ray._private import ray_constants
+
+    local = not address
+    host = node_ip if local else (parse_address(address) or ("",))[0]
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = enabled and not is_localhost(host)
+    try:
+        ray.init(address=address or "local", num_cpus=num_cpus if local else None,
+                 num_gpus=num_gpus if local else None, _node_ip_address=node_ip if local else None,
+                 include_dashboard=False, log_to_driver=True, configure_logging=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
 def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Optional[int],
-               num_gpus: Optional[int]) -> dict[str, int]:
+               num_gpus: Optional[int], node_ip: str) -> dict[str, int]:
     import ray
     from ray import tune
 
@@ -103,10 +144,7 @@ def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Option
              len(sweep.points) - len(todo), len(todo), out)
     if todo:
         if not ray.is_initialized():
-            # "local": always a new cluster, never a stale one that `ray start` left in /tmp/ray/ray_current_cluster
-            ray.init(address=address or "local", num_cpus=None if address else num_cpus,
-                     num_gpus=None if address else num_gpus,
-                     include_dashboard=False, log_to_driver=True, configure_logging=False)
+            init_ray(address, num_cpus, num_gpus, node_ip)
         r = sweep.spec.resources
         size = pack_size(sweep, todo)
         if size == 1:
@@ -123,6 +161,7 @@ def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Option
             trainable, param_space={"job": tune.grid_search(list(jobs))},
             run_config=tune.RunConfig(
                 name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(RunDir(out).tune), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 callbacks=[progress_callback(sweep, out, jobs, len(sweep.points), len(sweep.points) - len(todo))]))
         tuner.fit()
     counts: dict[str, int] = {}

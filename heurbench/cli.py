@@ -15,11 +15,12 @@ from pathlib import Path
 from analysis.cli import add_parser as add_analyze
 from analysis.report import add_parser as add_report
 from harness.errors import CheckpointError, ConfigError, DataError, ResultsError
-from harness.grid import FINISHED, in_order, load_sweep, table, write_resolved
+from harness.grid import FINISHED, in_order, load_sweep, plan, read_sweep, write_resolved
 from harness.layout import RunDir
 from harness.runner import mark_failed, run_point
-from harness.tune_driver import run_sweep
+from harness.tune_driver import LOOPBACK, run_sweep
 from heurbench.quickstart import add_parser as add_quickstart
+from heurbench.results import add_parser as add_results
 from slurm.launch import add_parser as add_slurm
 
 
@@ -38,7 +39,8 @@ def cmd_train(args) -> int:
     except Exception as err:
         mark_failed(run.path, [cfg], err)
         raise
-    print(f"{state}: {run.trial(cfg.trial_id()).path}  (metrics: pd.read_parquet('{run.metrics}'))")
+    print(f"{state}: {run.trial(cfg.trial_id()).path}  (rows: from heurbench import results; "
+          f"results.load('{run.path}'))")
     return 0
 
 
@@ -52,13 +54,15 @@ def add_train(sub) -> None:
 
 def cmd_sweep(args) -> int:
     if args.target == "plan":
-        sweeps = in_order(need_yaml(args))
-        for s in sweeps:
-            r = s.spec.resources
-            print(f"sweep {s.name} ({s.source}): {len(s.points)} trials, {r.cpus_per_trial:g} CPU, "
-                  f"{r.gpus_per_trial:g} GPU, {r.workers_per_trial} worker(s) per trial")
+        for s in in_order(need_yaml(args), read_sweep):
             out = Path(args.out) / s.name if args.out else None
-            print(table(s, out if out and out.exists() else None))
+            for line in plan(s, out if out and out.exists() else None, None if args.all else 10):
+                print(line, flush=True)
+            if args.estimate:
+                from harness.estimate import report
+
+                for line in report(s):
+                    print(line, flush=True)
         return 0
     if args.target == "trial":
         sweep = load_sweep(need_yaml(args))
@@ -73,7 +77,8 @@ def cmd_sweep(args) -> int:
         raise ConfigError(f"unexpected argument {args.config!r} (usage: heurbench sweep x.yaml | sweep plan x.yaml)")
     failed = 0
     for s in in_order(args.target):
-        counts = run_sweep(s, Path(args.out), args.address, args.num_cpus, args.num_gpus, wait=args.wait)
+        counts = run_sweep(s, Path(args.out), args.address, args.num_cpus, args.num_gpus, wait=args.wait,
+                           node_ip=args.node_ip)
         failed += counts.get("failed", 0) + counts.get("running", 0) + counts.get("pending", 0)
     return 1 if failed else 0
 
@@ -91,10 +96,16 @@ def add_sweep(sub) -> None:
     p.add_argument("config", nargs="?", help="the sweep YAML after 'plan' or 'trial'")
     p.add_argument("--out", default="runs", help="results root; the sweep writes to OUT/<name> (default runs)")
     p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); default: a local one")
+    p.add_argument("--node-ip", default=LOOPBACK, metavar="IP",
+                   help="IP of the local Ray cluster's node (default 127.0.0.1: its ports listen on loopback only; "
+                        "this host's IP lets other machines join it, and Ray then listens on all interfaces)")
     p.add_argument("--num-cpus", type=int, default=int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or None,
                    help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray cluster (default: all visible)")
     p.add_argument("--index", type=int, default=0, help="'trial': the grid point to run in this process")
+    p.add_argument("--all", action="store_true", help="'plan': list every trial (default: the first 10)")
+    p.add_argument("--estimate", action="store_true",
+                   help="'plan': GPU-hours and a SLURM --time from a few timed steps of each distinct model/batch")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="if another driver is running this sweep, wait up to SECONDS for it to finish "
                         "(default 0: exit 2 at once with one line naming it)")
@@ -105,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heurbench", description=__doc__.splitlines()[0])
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_sweep, add_slurm, add_analyze, add_report, add_quickstart):
+    for add in (add_train, add_sweep, add_slurm, add_analyze, add_report, add_quickstart, add_results):
         add(sub)
     return p
 

@@ -1,12 +1,15 @@
 """`heurbench quickstart`: the README's main job, offline on 2 CPU cores in a few minutes.
 
 A reduced S3 (SB / LB / LB + warmup / LB + FC freeze) on the embedded digits data: the
-Ray Tune sweep, then the report (CCA heatmaps and diagonals, accuracy curves).
+Ray Tune sweep (4 runs x 3 seeds), then the report (CCA heatmaps and diagonals, accuracy curves over seeds)
+and S3's claims table, printed at the end.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from analysis.report import report
 from harness.grid import load_sweep
@@ -22,10 +25,14 @@ def cmd_quickstart(args) -> int:
     counts = run_sweep(sweep, Path(args.out), address=args.address, num_cpus=args.num_cpus)
     run = RunDir(Path(args.out).resolve() / sweep.name)
     summary = report(run.path)
+    claims = pd.read_parquet(run.report_table("claims"))
+    print("\nS3 claims over seeds (95% t interval; rules in analysis/studies/s3_warmup.py):\n")
+    print(claims[["claim", "statistic", "rule", "seeds", "mean", "ci_lo", "ci_hi", "verdict"]]
+          .to_markdown(index=False, floatfmt=".4f"))
     print(f"\nquickstart finished in {time.time() - t0:.0f} s: trials {counts}")
     print(f"report:  {summary}\nfigures: {run.figures}")
-    print(f"metrics: python3 -c \"import pandas as pd; df = pd.read_parquet('{run.metrics}'); "
-          f"print(df[df.split == 'test'].groupby('tags.run').accuracy.max())\"")
+    print(f"metrics: python3 -c \"from heurbench import results; df = results.load('{run.path}', "
+          f"where={{'split': 'test'}}); print(df.groupby(['tags.run', 'seed']).accuracy.max())\"")
     return 0
 
 

@@ -47,9 +47,12 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def ray_address():
-    """One real local Ray cluster (2 CPUs) for the whole test session; sweep drivers join it with --address."""
+    """One real local Ray cluster (2 CPUs, on 127.0.0.1 as the driver starts it) for the whole test session;
+    sweep drivers join it with --address."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    from harness.tune_driver import init_ray
+
+    init_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -8,10 +8,13 @@ loaded (steps per epoch, labels, pickles, checkpoints) and may write the failed 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +126,7 @@ def truncated_pt() -> bytes:
 def truncated_metrics_report() -> list[str]:
     put("runs/s1_x/sweep.yaml", {"name": "s1_x", "base": trial(), "points": [{"index": 0, "trial_id": "abc",
                                                                               "values": {}}]})
-    put("runs/s1_x/metrics/part-abc-00000.parquet", b"PAR1\x00\x01 truncated")
+    put("runs/s1_x/metrics/abc/part-00000.parquet", b"PAR1\x00\x01 truncated")
     return ["report", "runs/s1_x"]
 
 
@@ -198,7 +201,7 @@ CASES = [
     ("truncated-status-json", lambda: resume_with({"status.json": '{"state": "do'}),
      "status.json: not a readable status file", False),
     ("status-json-list", lambda: resume_with({"status.json": "[1, 2]"}), "holds a list", False),
-    ("truncated-metrics-part", truncated_metrics_report, "part-abc-00000.parquet", False),
+    ("truncated-metrics-part", truncated_metrics_report, "part-00000.parquet", False),
     # sweep YAMLs
     ("sweep-name-dotdot", lambda: sweep({"name": ".."}, "trial"), "name = '..': must be a plain name", False),
     ("sweep-name-path", lambda: sweep({"name": "../elsewhere"}, "trial"), "must be a plain name", False),
@@ -247,7 +250,7 @@ def sandbox(tmp_path, monkeypatch):
         put(str(t / "status.json"), json.dumps({"state": "done", "iteration": 16, "total": 16}))
         put(str(t / "config.yaml"), done)
         put(str(t / "ckpt" / "last.pt"), b"finished checkpoint bytes")
-        put(f"{root}/metrics/part-{t.name}-00000.parquet", b"finished metrics bytes")
+        put(f"{root}/metrics/{t.name}/part-00000.parquet", b"finished metrics bytes")
     return box
 
 
@@ -293,3 +296,87 @@ def test_bad_input_in_a_fresh_process(sandbox, tmp_path, case):
 
 def test_at_least_thirty_cases():
     assert len(CASES) >= 30
+
+
+@contextlib.contextmanager
+def filesystem(kind: str, folder: Path, monkeypatch):
+    """`folder` as a read-only bind mount (kind 'ro') or a 256 KiB tmpfs ('full'). Where this machine cannot mount
+    (a container without CAP_SYS_ADMIN; root ignores chmod), writes under `folder` fail at the write layer
+    (harness.storage) with the error that filesystem would give: EROFS for every file, ENOSPC for the large ones
+    (checkpoints)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = str(folder)
+    steps = {"ro": [["mount", "--bind", f, f], ["mount", "-o", "remount,ro,bind", f]],
+             "full": [["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", f]]}[kind]
+    mounted = 0
+    for step in steps:
+        if subprocess.run(step, capture_output=True).returncode:
+            break
+        mounted += 1
+    if mounted < len(steps):
+        import harness.storage
+
+        code = errno.EROFS if kind == "ro" else errno.ENOSPC
+        real = harness.storage.tempfile.mkstemp
+
+        def refuse(*a, dir=None, **kw):
+            big = kw.get("prefix", "").endswith(".pt.")
+            if Path(dir).resolve().is_relative_to(folder.resolve()) and (kind == "ro" or big):
+                raise OSError(code, os.strerror(code), str(dir))
+            return real(*a, dir=dir, **kw)
+        monkeypatch.setattr(harness.storage.tempfile, "mkstemp", refuse)
+    try:
+        yield
+    finally:
+        if mounted:
+            subprocess.run(["umount", f], check=True)
+
+
+def status_of(d: dict) -> dict:
+    return json.loads((trial_files(d) / "status.json").read_text())
+
+
+@pytest.mark.parametrize("kind, folder, expect", [
+    ("ro", "runs/metrics", "Read-only file system (the output folder is on a read-only filesystem"),
+    ("full", "runs/trials", "No space left on device ("),
+])
+def test_an_unwritable_folder_fails_the_trial_in_one_line(sandbox, capsys, monkeypatch, kind, folder, expect):
+    """A read-only metrics folder or a full disk under the trial: one line naming the file (and the free space),
+    exit 1, and status.json `failed` with that reason."""
+    d = trial(seed=7)
+    with filesystem(kind, Path(folder), monkeypatch):
+        code = main(["-q", *train(d)])
+        err = capsys.readouterr().err
+        status = status_of(d)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"heurbench: error: [Errno {errno.EROFS if kind == 'ro' else errno.ENOSPC}] "), err
+    assert expect in lines[0] and f"cannot write runs/{'metrics' if kind == 'ro' else 'trials'}/" in lines[0], err
+    if kind == "full":
+        assert re.search(r"\(\d+(\.\d)? (B|KiB|MiB|GiB) free of \d+\.\d (KiB|MiB|GiB) on that filesystem\)",
+                         lines[0]), lines[0]
+    assert status["state"] == "failed" and status["reason"] == "OSError: " + lines[0].removeprefix("heurbench: error: ")
+
+
+def test_a_read_only_output_folder_is_one_line(sandbox, capsys, monkeypatch):
+    with filesystem("ro", Path("runs"), monkeypatch):
+        code = main(["-q", *train(trial(seed=8))])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "Read-only file system" in err, err
+
+
+def test_torch_save_on_a_full_disk_names_the_file_and_the_free_space(tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError('... unexpected pos ...'): with (almost) no space left it
+    becomes the ENOSPC line; with space left the RuntimeError stands."""
+    import harness.storage as storage
+
+    def save(tmp):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed; unexpected pos 64 vs 0")
+    monkeypatch.setattr(storage, "free_bytes", lambda folder: 0)
+    with pytest.raises(OSError, match=r"\[Errno 28\] cannot write .*x\.pt: No space left on device \(.* free of "):
+        storage.atomic_write(tmp_path / "x.pt", save)
+    monkeypatch.setattr(storage, "free_bytes", lambda folder: 10 * storage.FULL)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        storage.atomic_write(tmp_path / "x.pt", save)
+    assert list(tmp_path.iterdir()) == []

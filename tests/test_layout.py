@@ -12,7 +12,7 @@ def test_paths_of_a_run_and_a_trial(tmp_path):
     assert t.path == tmp_path / "s3" / "trials" / "abc" and t.id == "abc"
     assert t.last == t.path / "ckpt" / "last.pt" and t.named(200) == t.path / "ckpt" / "iter=000200.pt"
     assert t.named(390, 30).name == "epoch=030.pt" and checkpoint_name(5) == "iter=000005.pt"
-    assert run.metrics_part("abc", 3).name == "part-abc-00003.parquet"
+    assert run.metrics_part("abc", 3) == tmp_path / "s3" / "metrics" / "abc" / "part-00003.parquet"
     assert run.report_table("x") == tmp_path / "s3" / "analysis" / "report" / "x.parquet"
     assert run.figure("cca") == tmp_path / "s3" / "figures" / "cca.png"
     assert run.sibling("teacher").path == tmp_path / "teacher"
@@ -28,11 +28,11 @@ def test_listing_checkpoints_parts_and_status(tmp_path):
     assert t.iterations() == [2, 10] and [p.name for p in t.epoch_ckpts()] == ["epoch=001.pt"]
     assert t.read_status()["state"] == "done"
     run = RunDir(tmp_path / "s")
-    run.metrics.mkdir()
-    for n in (0, 1):
-        run.metrics_part("abc", n).touch()
-    run.metrics_part("abcd", 0).touch()  # another trial's id that starts the same is not ours
-    assert sorted(run.metrics_parts("abc")) == [0, 1]
+    for tid, n in (("abc", 0), ("abc", 1), ("abcd", 0)):  # another trial's id that starts the same is not ours
+        run.metrics_of(tid).mkdir(parents=True, exist_ok=True)
+        run.metrics_part(tid, n).touch()
+    run.metrics_staged("abc").mkdir()  # a compaction's hidden folder is no trial
+    assert sorted(run.metrics_parts("abc")) == [0, 1] and run.metrics_trials() == ["abc", "abcd"]
 
 
 def test_the_run_of_a_checkpoint(tmp_path):

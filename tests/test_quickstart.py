@@ -1,5 +1,6 @@
 """The README's main job, `heurbench quickstart`, end to end as a user runs it: offline digits data, a real
-local Ray cluster (the session's, joined with --address), the S3 report; its printed pandas one-liner must run."""
+local Ray cluster (the session's, joined with --address), the S3 report over 3 seeds ending with its claims table,
+printed and written to Parquet; its printed pandas one-liner must run."""
 import re
 import subprocess
 import sys
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from analysis.studies.s3_warmup import CLAIMS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +22,16 @@ def test_quickstart_runs_sweep_and_report_and_its_one_liner_works(tmp_path, ray_
     run = tmp_path / "quickstart"
     assert "quickstart finished" in r.stdout and str(run / "report.md") in r.stdout
     assert {p.name for p in (run / "figures").glob("*.png")} >= {"test_accuracy.png", "cca_diagonal.png"}
-    runs = set(pd.read_parquet(run / "analysis" / "report" / "test_accuracy.parquet")["tags.run"])
-    assert runs == {"sb", "lb", "lb_warmup", "lb_freeze"}
+    acc = pd.read_parquet(run / "analysis" / "report" / "test_accuracy.parquet")
+    assert set(acc["tags.run"]) == {"sb", "lb", "lb_warmup", "lb_freeze"}
+    assert acc.groupby("tags.run").seed.nunique().min() >= 3  # every run over 3 seeds
+    claims = pd.read_parquet(run / "analysis" / "report" / "claims.parquet")
+    assert list(claims.claim) == [c.id for c in CLAIMS] and claims.seeds.max() == 3
+    assert set(claims.verdict) <= {"held", "not held", "inconclusive"}
+    printed = r.stdout[r.stdout.index("S3 claims"):]
+    for c in claims.itertuples():  # the table printed at the end: each claim with its verdict
+        assert re.search(rf"\| {c.claim} +\|.*\| {c.verdict} +\|", printed), c.claim
+    assert "## Claims" in (run / "report.md").read_text()
     one_liner = re.search(r'python3 -c "(.*)"', r.stdout).group(1)
     out = subprocess.run([sys.executable, "-c", one_liner], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "lb_freeze" in out.stdout, out.stderr

@@ -37,20 +37,22 @@ CASES = {
                             lambda t: fmt(t["geometry"].angle_deg, ".3f") + list(t["regimes"].regime)),
     "s6_reduced": (["largest_stable_lr", "sharpness"], ["stability", "largest_stable", "sharpness"],
                    lambda t: fmt(t["largest_stable"].eta_trgt, ".4g") + fmt(t["stability"].eta_init, ".4g")),
-    "s6_adam_reduced": (["largest_stable_lr", "sharpness"], ["stability", "largest_stable", "sharpness"],
-                        lambda t: fmt(t["largest_stable"].eta_trgt, ".4g")),
     "s7_reduced": (["test_accuracy", "final_accuracy", "sgdr_swa"], ["accuracy_by_schedule", "sgdr_swa"],
                    lambda t: fmt(t["accuracy_by_schedule"].final_mean) + fmt(t["sgdr_swa"].swa_accuracy)),
 }
 
 
-# report options per case: S6's sharpness probes (ResNet-18/4, tens of checkpoints) capped at 5 Lanczos steps, as
-# `heurbench report --iters 5` would (the old default; at 20 the S6 case alone took 11.5 min on 2 cores); the
-# recipe's default runs to its tolerance (analysis.sharpness), which tests/test_sharpness.py checks
-SIZES = {"s6_reduced": {"iters": 5}, "s6_adam_reduced": {"iters": 5}}
+# report options per case: S6's sharpness probes (ResNet-18/4, one Hessian-vector product per Lanczos step and
+# checkpoint) on 32 train images and at most 5 Lanczos steps, as `heurbench report --images 32 --iters 5` would
+# (at the defaults, 100 images and steps to tolerance, the S6 case alone took 8.5 min on 2 cores); the default
+# stopping rule is checked against an exact Hessian in tests/test_sharpness.py
+SIZES = {"s6_reduced": {"iters": 5, "images": 32}}
 
 # reduced sweeps whose study recipe another end-to-end test runs -> that test
-COVERED_ELSEWHERE = {"s3_reduced": "tests/test_quickstart.py (sweeps/quickstart.yaml is a reduced S3: same recipe)"}
+COVERED_ELSEWHERE = {
+    "s3_reduced": "tests/test_quickstart.py (sweeps/quickstart.yaml is a reduced S3: same recipe)",
+    "s6_adam_reduced": "the s6_reduced case (the same recipe, report_warmup_stability, on Adam / GI-Adam trials; "
+                       "those optimizers are checked in tests/test_optim.py, the YAML in tests/test_studies.py)"}
 
 
 @pytest.mark.slow
@@ -71,11 +73,13 @@ def test_reduced_study_runs_and_reports(name, tmp_path, monkeypatch, ray_address
 
 def test_every_reduced_study_is_run_end_to_end_above():
     """Each YAML in sweeps/reduced/ is a case above, a dependency that a case runs first, or a study whose
-    recipe another end-to-end test runs (COVERED_ELSEWHERE: S3's report_warmup is the quickstart's)."""
+    recipe another end-to-end test runs (COVERED_ELSEWHERE: S3's report_warmup is the quickstart's, S6-Adam's
+    report_warmup_stability is S6's)."""
     reduced = REPO / "sweeps" / "reduced"
     deps = {s.name for name in CASES for s in in_order(reduced / f"{name}.yaml")[:-1]}
     assert {p.stem for p in reduced.glob("*.yaml")} == set(CASES) | deps | set(COVERED_ELSEWHERE)
     assert STUDIES["s3"] is STUDIES["quickstart"] and (REPO / "tests" / "test_quickstart.py").is_file()
+    assert in_order(reduced / "s6_adam_reduced.yaml")[-1].name.startswith("s6_")  # report_warmup_stability
 
 
 def test_report_calls_the_analyses_as_library_functions():

@@ -1,5 +1,6 @@
-"""Every study YAML (sweeps/ at paper scale, sweeps/reduced/) validates, plans with its dependencies,
-and names a study that `heurbench report` knows."""
+"""Every study YAML (sweeps/ at paper scale, sweeps/reduced/, sweeps/claims/) validates, plans with its
+dependencies, and names a study that `heurbench report` knows; every study declares its claims; a study's claims
+table from a synthetic metrics frame."""
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,8 @@ from analysis.studies import STUDIES
 from harness.grid import in_order
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
-YAMLS = sorted(SWEEPS.glob("*.yaml")) + sorted((SWEEPS / "reduced").glob("*.yaml"))
+YAMLS = sorted(SWEEPS.glob("*.yaml")) + sorted((SWEEPS / "reduced").glob("*.yaml")) + sorted(
+    (SWEEPS / "claims").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(SWEEPS)))
@@ -29,6 +31,33 @@ def test_reduced_sweep_is_named_for_its_study(path):
 def test_every_study_has_a_reduced_sweep():
     prefixes = {p.name.split("_")[0] for p in (SWEEPS / "reduced").glob("*.yaml")}
     assert prefixes == {f"s{i}" for i in range(1, 8)}
+
+
+def test_every_study_has_a_claims_sweep_with_seeds():
+    """sweeps/claims/: each study's sweeps are named <study>_..._claims and run at least 3 seeds (but the S4
+    teacher, and S5's fine-tuning, whose seeds are those of the pre-trained points it starts from)."""
+    last = {}
+    for path in sorted((SWEEPS / "claims").glob("*.yaml")):
+        for s in in_order(path):
+            assert s.name.endswith("_claims"), s.name
+            last[s.name] = s
+    assert {n.split("_")[0] for n in last} == {f"s{i}" for i in range(1, 8)}
+    single = {"s4_teacher_claims", "s5_finetune_claims"}
+    assert all(len({p.cfg.seed for p in s.points}) >= 3 for n, s in last.items() if n not in single)
+    assert len({p.cfg.model.init_from for p in last["s5_finetune_claims"].points}) == len(
+        last["s5_pretrain_claims"].points)
+
+
+def test_every_study_declares_its_claims():
+    import importlib
+
+    from analysis.claims import Claim
+
+    for key, fn in STUDIES.items():
+        claims = importlib.import_module(fn.__module__).CLAIMS
+        assert claims and all(isinstance(c, Claim) for c in claims), key
+        assert len({c.id for c in claims}) == len(claims) and {c.study for c in claims} == {key.replace(
+            "quickstart", "s3")}, key
 
 
 @pytest.fixture
@@ -84,3 +113,78 @@ def test_report_options_reach_the_study(s7_folder):
     rows, _ = swa_rows(cs.model(0), list(cs.states().values()), splits, splits["train"])
     recorded = results.read(s7_folder, "swa")
     assert recorded[rows.columns].to_dict("records") == rows.to_dict("records")
+
+
+def test_claims_table_of_a_study_from_a_synthetic_metrics_frame(trial_dict, tmp_path):
+    """The S7 report on a sweep folder whose metrics are written here (no training, no checkpoints, so no SWA):
+    its claims table has one row per S7 claim, each decided from the final accuracies paired by seed with the t
+    interval computed here, and it is the study's last section of report.md."""
+    import re
+
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from analysis.report import report
+    from analysis.studies.s7_cosine_budget import CLAIMS
+    from harness.grid import load_sweep, write_resolved
+    from harness.layout import RunDir
+    from harness.metrics import row
+    from harness.storage import write_parquet
+
+    path = tmp_path / "s7_syn.yaml"
+    path.write_text(yaml.safe_dump({"name": "s7_syn", "base": trial_dict, "seeds": [0, 1, 2],
+                                    "grid": {"schedule.name": ["cosine", "linear", "sgdr", "step"]},
+                                    "overrides": [{"when": {"schedule.name": "step"},
+                                                   "set": {"schedule.milestones": [1]}}]}))
+    sweep = load_sweep(path)
+    run = RunDir(tmp_path / "runs" / "s7_syn")
+    write_resolved(sweep, run.path)
+    final = {"cosine": [0.60, 0.70, 0.50], "linear": [0.40, 0.72, 0.50], "sgdr": [0.62, 0.69, 0.52],
+             "step": [0.55, 0.65, 0.45]}
+    for p in sweep.points:
+        name, seed = p.cfg.schedule.name, p.cfg.seed
+        base = {"sweep": "s7_syn", "trial_id": p.trial_id, "schedule.name": name, "seed": seed, "world_size": 1}
+        rows = [{**base, **row("eval", "test", epoch=e, iteration=10 * e, lr=0.1, loss=1.0, weight_norm=1.0,
+                               wall_time=e, images_per_s=1.0, accuracy=acc)}
+                for e, acc in ((1, 0.3), (2, final[name][seed]))]
+        write_parquet(run.metrics_part(p.trial_id, 0), rows)
+    md = report(run.path).read_text()
+    got = pd.read_parquet(run.report_table("claims")).set_index("claim")
+    assert list(got.index) == [c.id for c in CLAIMS]
+    f = {k: np.array(v) for k, v in final.items()}
+
+    def t95(d):
+        return d.mean() - 4.303 * d.std(ddof=1) / 3 ** 0.5, d.mean() + 4.303 * d.std(ddof=1) / 3 ** 0.5
+
+    for claim, d, verdict in [("cosine_beats_step", f["cosine"] - f["step"], "held"),  # +0.05 on every seed
+                              ("linear_beats_step", f["linear"] - f["step"], "inconclusive"),
+                              ("decay_not_restarts", f["cosine"] - f["sgdr"], "inconclusive")]:
+        lo, hi = t95(d)
+        assert got.loc[claim, ["ci_lo", "ci_hi"]].tolist() == pytest.approx([lo, hi], abs=1e-3), claim
+        assert got.loc[claim, "verdict"] == verdict and got.loc[claim, "seeds"] == 3
+    assert got.loc["swa_on_sgdr", "verdict"] == "inconclusive"
+    assert got.loc["swa_on_sgdr", "note"].startswith("not in this sweep")
+    assert md.index("## Final test accuracy per schedule") < md.index("## Claims")  # the study's last section
+    assert re.search(r"\| cosine_beats_step +\|.*\| held +\|", md[md.index("## Claims"):])
+
+
+def test_s6_limits_per_seed_pick_no_warmup_longest_from_zero_and_shortest_catapult():
+    import pandas as pd
+
+    from analysis.studies.s6_warmup_stability import CLAIMS, per_seed_limits
+    from analysis.claims import judge
+
+    rows = []
+    for seed, (none, w50, w100, cat10, cat20) in {0: (2.0, 4.0, 8.0, 8.0, 16.0), 1: (2.0, 4.0, 8.0, 4.0, 8.0),
+                                                   2: (4.0, 4.0, 16.0, 16.0, 16.0)}.items():
+        rows += [("sgd", "0", 0, seed, none), ("sgd", "0", 50, seed, w50), ("sgd", "0", 100, seed, w100),
+                 ("sgd", "catapult", 10, seed, cat10), ("sgd", "catapult", 20, seed, cat20)]
+    best = pd.DataFrame(rows, columns=["optimizer", "start", "warmup", "seed", "eta_trgt"])
+    got = per_seed_limits(best)
+    assert got.to_dict() == {"sgd_none": {0: 2.0, 1: 2.0, 2: 4.0}, "sgd_longest": {0: 8.0, 1: 8.0, 2: 16.0},
+                             "sgd_catapult": {0: 8.0, 1: 4.0, 2: 16.0}}
+    raises = judge(CLAIMS[0], got)  # log2 longest / none = 2, 2, 2: held
+    assert raises["mean"] == 2.0 and raises["verdict"] == "held"
+    saves = judge(CLAIMS[1], got)  # log2 catapult / longest = 0, -1, 0
+    assert saves["per_seed"] == "0: 0, 1: -1, 2: 0" and saves["verdict"] == "inconclusive"

@@ -74,6 +74,8 @@ def test_base_file_is_relative_to_the_sweep_and_depends_on_orders_sweeps(trial_d
     ({"grid": {"optim.lr": []}}, r"s.yaml: grid = .*has no values"),
     ({"zip": [{"optim.lr": [0.1, 0.2], "seed": [0]}]}, r"s.yaml: zip = .*equal length"),
     ({"seeds": [0, 0]}, r"grid points 0 and 1 are the same trial"),
+    ({"grid": {"optim.lr": [0.1, 0.2]}, "overrides": [{"when": {"optim.lr": 0.2}, "set": {"optim.lr": 0.1}}]},
+     r"grid points 0 and 1 are the same trial \(optim.lr=0.2\)"),
     ({"resources": {"gpus_per_trial": 1.5}}, r"resources = .*whole number"),
     ({"resources": {"cpus": 2}}, r"unknown key 'resources.cpus'"),
     ({"overrides": [{"when": {}, "set": {"optim.lr": 1}}]}, r"overrides.0.when = \{\}: .*at least 1"),
@@ -100,6 +102,35 @@ def test_an_override_matching_no_point_is_a_warning(trial_dict, tmp_path, caplog
     assert "overrides.0 (when {'optim.lr': 0.3}) matches no grid point" in caplog.text
 
 
+def test_an_override_when_matches_the_schema_default_of_a_key_the_base_leaves_out(trial_dict, tmp_path, caplog):
+    """The base has no warmup section: `warmup.length: 0` (its default) matches a point whose warmup mapping leaves
+    length out, not one that sets it; a key in an absent optional section (distill) matches nothing."""
+    assert "warmup" not in trial_dict and "distill" not in trial_dict
+    spec = {"grid": {"warmup": [{"unit": "epoch"}, {"length": 4}]},
+            "overrides": [{"when": {"warmup.length": 0, "warmup.eta_init": 0.0}, "set": {"optim.lr": 0.5}},
+                          {"when": {"distill.temperature": 4.0}, "set": {"optim.lr": 0.7}}]}
+    with caplog.at_level("WARNING"):
+        points = load_sweep(write_sweep(tmp_path, trial_dict, **spec)).points
+    assert [(p.cfg.warmup.length, p.cfg.optim.lr) for p in points] == [(0, 0.5), (4, 0.02)]
+    assert "overrides.1 (when {'distill.temperature': 4.0}) matches no grid point" in caplog.text
+    assert "overrides.0" not in caplog.text
+
+
+def test_plan_lists_the_first_rows_and_all_of_them_on_request(trial_dict, tmp_path, capsys):
+    path = write_sweep(tmp_path, trial_dict, grid={"optim.lr": [0.01, 0.02, 0.03], "data.batch_size": [50, 100]},
+                       seeds=[0, 1])
+    ids = [p.trial_id for p in load_sweep(path).points]
+    assert main(["sweep", "plan", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[1] for ln in lines[2:12]] == ids[:10]
+    assert lines[12] == "... 2 more trials (--all lists every one)"
+    assert "data.batch_size = 50, 100 (2)" in lines[13] and len(lines) == 14
+    assert main(["sweep", "plan", str(path), "--all"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in lines[2:14]] == [[str(i), t] for i, t in enumerate(ids)]
+    assert lines[14].startswith("distinct: ") and len(lines) == 15
+
+
 def test_base_and_base_file_are_exclusive(trial_dict, tmp_path):
     with pytest.raises(ConfigError, match="exactly one of base"):
         load_sweep(write_sweep(tmp_path, trial_dict, base_file="x.yaml"))
@@ -114,7 +145,10 @@ def test_plan_prints_ids_and_swept_values_without_running(trial_dict, tmp_path, 
     assert lines[1].split() == ["#", "trial_id", "optim.lr", "seed"]
     ids = [p.trial_id for p in load_sweep(path).points]
     swept = [("0.01", "3"), ("0.01", "4"), ("0.02", "3"), ("0.02", "4")]
-    assert [ln.split() for ln in lines[2:]] == [[str(i), ids[i], lr, s] for i, (lr, s) in enumerate(swept)]
+    assert [ln.split() for ln in lines[2:6]] == [[str(i), ids[i], lr, s] for i, (lr, s) in enumerate(swept)]
+    assert lines[6].startswith("distinct: model.name = student_cnn (1); model.width = 1.0 (1); data.name = parquet (1); "
+                               "data.batch_size = 50 (1); budget.iterations = 16 (1); perf.device = auto (1)")
+    assert len(lines) == 7
     assert not (tmp_path / "runs").exists()
     assert main(["sweep", "plan", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: no such file" in capsys.readouterr().err
@@ -157,15 +191,16 @@ def test_killed_driver_rerun_skips_finished_and_resumes_unfinished(trial_dict, t
     before = statuses(out)
     assert before[short]["state"] == "done"
     assert before[long]["state"] == "running" and 8 <= before[long]["iteration"] < 48, before
-    first_part = next((out / "metrics").glob(f"part-{long}-00000.parquet"))
-    written = first_part.stat().st_mtime_ns
+    first_part = out / "metrics" / long / "part-00000.parquet"
+    written = pd.read_parquet(first_part)
     time.sleep(3)  # Ray ends the dead driver's trial actors
 
     r = subprocess.run(sweep_cmd(path, tmp_path / "runs", ray_address), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 already finished, 1 to run" in r.stderr
     assert f"{long} resuming at iteration" in r.stdout + r.stderr
-    assert first_part.stat().st_mtime_ns == written  # rows before the checkpoint kept, not rewritten
+    kept = pd.read_parquet(first_part)  # the trial's parts, compacted into one when it ended
+    pd.testing.assert_frame_equal(kept.iloc[:len(written)], written)  # rows before the checkpoint kept, not redone
     after = statuses(out)
     assert after[short] == before[short] and after[long]["state"] == "done"
     df = pd.read_parquet(out / "metrics")

@@ -189,8 +189,9 @@ def test_resume_removes_temp_files_an_interrupted_write_left(trial_dict, tmp_pat
     status = json.loads((t / "status.json").read_text())
     (t / "status.json").write_text(json.dumps({**status, "state": "running"}))  # killed after its last save
     stale = [t / "ckpt" / ".last.pt.k2j3.tmp", t / ".status.json.x1.tmp",
-             tmp_path / "metrics" / f".part-{cfg.trial_id()}-00007.parquet.q9.tmp"]
-    other = tmp_path / "metrics" / ".part-0123456789-00000.parquet.q9.tmp"  # another trial's write in flight
+             tmp_path / "metrics" / cfg.trial_id() / ".part-00007.parquet.q9.tmp"]
+    other = tmp_path / "metrics" / "0123456789" / ".part-00000.parquet.q9.tmp"  # another trial's write in flight
+    other.parent.mkdir()
     for p in stale + [other]:
         p.write_bytes(b"x" * 100)
     assert run_trial(cfg, tmp_path, resume=True) == "done"

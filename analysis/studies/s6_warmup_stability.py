@@ -3,34 +3,74 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.report import Report
+from analysis.claims import Claim, above, below
+from analysis.report import Report, claims
 from analysis.sharpness import ITERS, TOL, sharpness
 from harness.layout import checkpoint_name
+
+
+def log2_ratio(a: pd.Series, b: pd.Series) -> pd.Series:
+    return np.log2(a / b)
+
+
+CLAIMS = [
+    Claim("s6", "warmup_raises_max_lr", "The overwhelming benefit of warmup is that the network tolerates a larger "
+          "eta_trgt (abstract; SGD).", "log2 of the largest stable eta_trgt with the longest warmup from 0 over the "
+          "largest without warmup (SGD; 1 = twice as large)", ("sgd_longest", "sgd_none"), above(0.0), log2_ratio),
+    Claim("s6", "catapult_saves_warmup", "Starting warmup from the loss-catapult eta_init saves warmup steps: a shorter "
+          "warmup from it tolerates the eta_trgt a longer one from 0 does (abstract; SGD). Margin: half an octave.",
+          "log2 of the largest stable eta_trgt, short warmup from the catapult LR over longest warmup from 0 (SGD)",
+          ("sgd_catapult", "sgd_longest"), above(-0.5), log2_ratio),
+    Claim("s6", "warmup_ends_well_conditioned", "Warmup forces the network into better-conditioned regions: at the "
+          "end of warmup the sharpness is below the target LR's stability limit 2 / eta_trgt (abstract; SGD).",
+          "eta_trgt x top Hessian eigenvalue at the end of the longest warmup from 0, at the largest eta_trgt stable "
+          "with it (SGD)", ("sgd_eta_sharpness",), below(2.0)),
+    Claim("s6", "gi_adam_like_warmup", "GI-Adam (second moment initialised from the first gradient) gives benefits "
+          "similar to warmup: without warmup it tolerates a larger eta_trgt than Adam (abstract).",
+          "log2 of the largest stable eta_trgt without warmup, GI-Adam over Adam", ("gi_adam_none", "adam_none"),
+          above(0.0), log2_ratio),
+]
+
+
+def per_seed_limits(best: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, the largest stable eta_trgt of each optimizer without warmup (<opt>_none), with its longest warmup
+    from 0 (<opt>_longest) and with its shortest warmup from the catapult LR (<opt>_catapult)."""
+    cols = {}
+    for (opt, seed), g in best.groupby(["optimizer", "seed"]):
+        zero, cat = g[(g.start == "0") & (g.warmup > 0)], g[g.start == "catapult"]
+        picks = {"none": g[g.warmup == 0], "longest": zero[zero.warmup == zero.warmup.max()],
+                 "catapult": cat[cat.warmup == cat.warmup.min()]}
+        for name, rows in picks.items():
+            if len(rows):
+                cols.setdefault(f"{opt}_{name}", {})[seed] = rows.eta_trgt.iloc[0]
+    return pd.DataFrame(cols).rename_axis("seed")
 
 
 def report_warmup_stability(r: Report, images: int = 100, iters: int = ITERS) -> None:
     """Largest stable eta_trgt per optimizer, warmup start (0 or the loss-catapult LR) and warmup length
     (stable: not diverged and final train loss below its start); sharpness (top Hessian eigenvalue, Lanczos to
-    its default tolerance, at most `iters` steps) at the checkpoints through warmup."""
+    its default tolerance, at most `iters` steps) at the checkpoints through warmup; all per seed, and the claims
+    table."""
     m = r.metrics[r.metrics.split == "train"].sort_values("iteration")
     rows = []
     for _, p in r.points.iterrows():
         part = m[m.trial_id == p.trial_id]
         state = r.status(p.trial_id)
         rows.append({"trial_id": p.trial_id, "optimizer": p.get("optim.name", r.config(p.trial_id)["optim"]["name"]),
-                     "eta_trgt": p["optim.lr"], "warmup": p["warmup.length"],
+                     "seed": p.seed, "eta_trgt": p["optim.lr"], "warmup": p["warmup.length"],
                      "start": "catapult" if p.get("warmup.eta_init") == "catapult" else "0",
                      "eta_init": float(state.get("eta_init", 0.0)), "state": state.get("state", "pending"),
                      "loss_start": part.loss.iloc[0], "loss_end": part.loss.iloc[-1],
                      "stable": state.get("state") == "done" and part.loss.iloc[-1] < part.loss.iloc[0]})
     grid = r.table("stability", pd.DataFrame(rows))
     keys = ["optimizer", "start", "warmup"]
-    best = r.table("largest_stable", grid[grid.stable].groupby(keys).eta_trgt.max().reset_index())
+    best = r.table("largest_stable", grid[grid.stable].groupby([*keys, "seed"]).eta_trgt.max().reset_index())
     plots.lines(best, "warmup", "eta_trgt", r.figure("largest_stable_lr"), by=["optimizer", "start"], logy=True,
-                title="largest stable eta_trgt per warmup length (start: 0 or the catapult LR)")
+                over="seed", title="largest stable eta_trgt per warmup length (start: 0 or the catapult LR)")
     r.say("## Stability grid", "", grid.drop(columns="trial_id").to_markdown(index=False, floatfmt=".4g"), "",
           "## Largest stable eta_trgt per warmup length", "", best.to_markdown(index=False, floatfmt=".4g"), "")
     ckpts, inits, same_init = [], {}, {}  # iteration 0 is the same weights for the same seed and model
@@ -47,11 +87,20 @@ def report_warmup_stability(r: Report, images: int = 100, iters: int = ITERS) ->
     at0 = sharp[sharp.iteration == 0].set_index("trial_id")
     sharp = pd.concat([sharp[sharp.iteration > 0]] + [at0.loc[[init]].reset_index().assign(trial_id=tid)
                                                       for tid, init in same_init.items() if init in at0.index])
-    sharp = sharp.merge(grid[["trial_id", *keys, "eta_trgt"]], on="trial_id")
-    sharp = r.table("sharpness", sharp[["trial_id", *keys, "eta_trgt", "iteration", "top_eigenvalue"]]
-                    .sort_values([*keys, "eta_trgt", "iteration"]))
+    sharp = sharp.merge(grid[["trial_id", *keys, "seed", "eta_trgt"]], on="trial_id")
+    sharp = r.table("sharpness", sharp[["trial_id", *keys, "seed", "eta_trgt", "iteration", "top_eigenvalue"]]
+                    .sort_values([*keys, "eta_trgt", "seed", "iteration"]))
     plots.lines(sharp, "iteration", "top_eigenvalue", r.figure("sharpness"), by=[*keys, "eta_trgt"], logy=True,
-                title="top Hessian eigenvalue through warmup")
-    r.say("## Sharpness (top Hessian eigenvalue) through warmup", "",
+                over="seed", title="top Hessian eigenvalue through warmup")
+    r.say("## Sharpness (top Hessian eigenvalue) through warmup (mean over seeds)", "",
           sharp.pivot_table(index=[*keys, "eta_trgt"], columns="iteration", values="top_eigenvalue")
           .to_markdown(floatfmt=".3g"), "")
+    frame = per_seed_limits(best)
+    sgd = sharp[(sharp.optimizer == "sgd") & (sharp.start == "0") & (sharp.warmup > 0)]
+    sgd = sgd[(sgd.warmup == sgd.warmup.max()) & (sgd.iteration == sgd.warmup)].merge(
+        best[["optimizer", "start", "warmup", "seed", "eta_trgt"]], on=["optimizer", "start", "warmup", "seed",
+                                                                          "eta_trgt"])
+    if len(sgd):
+        frame = frame.join(sgd.set_index("seed").eval("eta_trgt * top_eigenvalue").rename("sgd_eta_sharpness"),
+                           how="outer")
+    claims(r, CLAIMS, frame)
