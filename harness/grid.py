@@ -250,6 +250,19 @@ SECTIONS = {name: section_model(f.annotation) for name, f in TrialConfig.model_f
             if isinstance(section_model(f.annotation), type) and issubclass(section_model(f.annotation), Strict)}
 
 
+def flatten(d: dict, prefix: str = "", keep: Callable[[str], bool] = lambda key: False) -> dict:
+    """A nested mapping as {dotted key: value}; an empty mapping, or one at a dotted key that `keep` names, stays
+    a value."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and not keep(key):
+            out.update(flatten(v, key + ".", keep))
+        else:
+            out[key] = v
+    return out
+
+
 def get_dotted(d: dict, key: str) -> Any:
     """Dotted `key` of a mapping, None where it is absent. (A swept value and so a tag, part of the trial id: a key
     an override sets and the base leaves out stays None where the override does not fire.)"""

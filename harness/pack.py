@@ -17,6 +17,7 @@ import torch
 from harness import data as data_mod, distributed
 from harness.config import TrialConfig
 from harness.errors import ConfigError
+from harness.grid import flatten
 from harness.models import build
 from harness.stacked_engine import Stack, member_batches
 from harness.trial import model_spec
@@ -33,21 +34,10 @@ def is_free(key: str) -> bool:
     return any(key == f or key.startswith(f + ".") for f in FREE)
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    """A config mapping as {dotted key: value}, not descending into the FREE keys."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and not is_free(key):
-            out.update(flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def pack_key(cfg: TrialConfig) -> str:
     """Equal for trials that may share a pack: their settings outside FREE."""
-    return json.dumps({k: v for k, v in flat(cfg.model_dump(mode="json")).items() if not is_free(k)}, sort_keys=True)
+    shared = flatten(cfg.model_dump(mode="json"), keep=is_free)
+    return json.dumps({k: v for k, v in shared.items() if not is_free(k)}, sort_keys=True)
 
 
 def packs(cfgs: list[TrialConfig], size: int) -> list[list[int]]:
@@ -64,7 +54,7 @@ def packs(cfgs: list[TrialConfig], size: int) -> list[list[int]]:
 
 def check_packable(cfgs: list[TrialConfig]) -> None:
     """ConfigError naming the first setting that keeps these trials out of one pack."""
-    first = flat(cfgs[0].model_dump(mode="json"))
+    first = flatten(cfgs[0].model_dump(mode="json"), keep=is_free)
     for c in cfgs:
         if c.optim.name != "sgd":
             raise ConfigError(f"optim.name = {c.optim.name!r}: packed trials train with sgd only")
@@ -73,7 +63,7 @@ def check_packable(cfgs: list[TrialConfig]) -> None:
             raise ConfigError(f"{key}: set in trial {c.trial_id()}, which packing does not support")
         if c.warmup.eta_init == "catapult":
             raise ConfigError("warmup.eta_init = 'catapult': packed trials need a numeric eta_init")
-        mine = flat(c.model_dump(mode="json"))
+        mine = flatten(c.model_dump(mode="json"), keep=is_free)
         for k in sorted(set(first) | set(mine)):
             if not is_free(k) and first.get(k) != mine.get(k):
                 raise ConfigError(f"{k}: {first.get(k)!r} vs {mine.get(k)!r}: trials in one pack must share it "

@@ -20,7 +20,7 @@ import yaml
 
 from harness import lock, metrics
 from harness.errors import ResultsError
-from harness.grid import FINISHED
+from harness.grid import FINISHED, flatten
 from harness.layout import PLAIN, RunDir
 
 OWN = ("trial_id", "world_size", *metrics.FIELDS)  # metrics columns that no config value replaces
@@ -42,17 +42,6 @@ def runs(root: str | Path, sweep: str | Iterable[str] | None = None) -> list[Run
     if missing:
         raise ResultsError(f"{top.path}: no sweep {', '.join(map(repr, missing))} (found: {', '.join(found) or 'none'})")
     return [found[n] for n in names]
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'warmup': {'length': 5}} -> {'warmup.length': 5}; an empty mapping stays a value."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def trial_columns(run: RunDir, trial_id: str) -> dict[str, Any]:
