@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import ConfigError
+from harness.registry import known  # the registered names, without torch (harness/registry.py)
 
 Unit = Literal["epoch", "iteration"]
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -41,11 +42,6 @@ def plain_name(v: str) -> str:
 Scalar = Union[bool, int, float, str, None]
 
 
-def known(kind: str, registry: dict, name: str) -> str:
-    """`name` if `registry` has it, else the one-line error listing the known names."""
-    if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(registry)}")
-    return name
 
 
 class Strict(BaseModel):
@@ -58,15 +54,13 @@ class ModelCfg(Strict):
     init: Literal["default", "he_normal"] = "he_normal"
     init_scale: float = Field(1.0, gt=0, description="multiplier on the init variance (S1 mode E uses 3)")
     dropout: float = Field(0.0, ge=0, lt=1)
-    width: float = Field(1.0, gt=0, description="channel multiplier of VGG/ResNet (reduced-scale studies)")
+    width: float = Field(1.0, gt=0, description="width multiplier of VGG, ResNet and the student CNN (reduced-scale studies)")
     init_from: Optional[str] = Field(None, description="checkpoint (path or @sweep:point:file) whose weights start the run")
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from harness.models import REGISTRY  # registries load torch: imported when a config is checked
-
-        return known("model", REGISTRY, v)
+        return known("model", v)
 
 
 class DataCfg(Strict):
@@ -82,9 +76,7 @@ class DataCfg(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from harness.data import REGISTRY
-
-        return known("data set", REGISTRY, v)
+        return known("data set", v)
 
     @model_validator(mode="after")
     def _root_needed(self):
@@ -105,9 +97,7 @@ class OptimCfg(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from harness.optim import REGISTRY
-
-        return known("optimizer", REGISTRY, v)
+        return known("optimizer", v)
 
 
 class ScheduleCfg(Strict):
@@ -123,9 +113,7 @@ class ScheduleCfg(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from harness.schedules import REGISTRY
-
-        return known("schedule", REGISTRY, v)
+        return known("schedule", v)
 
     @field_validator("milestones")
     @classmethod

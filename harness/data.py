@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from harness.errors import DataError
+from harness.registry import builders
 from harness.storage import atomic_write
 
 if TYPE_CHECKING:
@@ -230,12 +231,13 @@ def read_digits() -> Arrays:
     return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
 
 
-REGISTRY: dict[str, Callable[[Optional[Path]], Arrays]] = {
+# keyed by harness.registry.NAMES["data set"] (what a config may name; checked when this module loads)
+REGISTRY: dict[str, Callable[[Optional[Path]], Arrays]] = builders("data set", {
     "cifar10": lambda root: read_cifar_folder(root, "cifar10"),
     "cifar100": lambda root: read_cifar_folder(root, "cifar100"),
     "parquet": read_parquet_folder,
     "digits": lambda root: read_digits(),
-}
+})
 
 
 CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}  # data sets whose class count is known

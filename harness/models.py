@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import ConfigError
+from harness.registry import builders
 
 VGG_CFGS = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -113,16 +114,18 @@ class ResNet(nn.Module):
 
 
 class StudentCNN(nn.Module):
-    """Shallow student of the distillation study: [conv, maxpool, relu] x2, fc, relu, fc, fc."""
+    """Shallow student of the distillation study: [conv, maxpool, relu] x2, fc, relu, fc, fc; `width` scales
+    every hidden width (64, 128 channels; 512, 256 units at 1.0)."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3):
+    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0):
         super().__init__()
+        c1, c2, h1, h2 = (max(1, round(v * width)) for v in (64, 128, 512, 256))
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(64, 128, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(in_channels, c1, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+            nn.Conv2d(c1, c2, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
         )
-        self.classifier = nn.Sequential(nn.Linear(128 * 8 * 8, 512), nn.ReLU(), nn.Linear(512, 256),
-                                        nn.Linear(256, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(c2 * 8 * 8, h1), nn.ReLU(), nn.Linear(h1, h2),
+                                        nn.Linear(h2, num_classes))
         self.layer_groups = {"features": ["features"], "fc_stack": ["classifier"]}
         self.probe_layers = ["features.2", "features.5", "classifier.1", "classifier.2", "classifier.3"]
 
@@ -140,14 +143,15 @@ def _resnet(widths, blocks, scale_invariant=False):
                             s.get("in_channels", 3), scale_invariant)
 
 
-REGISTRY: dict[str, Callable[[dict], nn.Module]] = {
+# keyed by harness.registry.NAMES["model"] (what a config may name; checked when this module loads)
+REGISTRY: dict[str, Callable[[dict], nn.Module]] = builders("model", {
     "vgg11": _vgg(11),
     "vgg16": _vgg(16),
     "resnet18": _resnet([64, 128, 256, 512], [2, 2, 2, 2]),
     "resnet32": _resnet([16, 32, 64], [5, 5, 5]),
     "si_resnet18": _resnet([64, 128, 256, 512], [2, 2, 2, 2], scale_invariant=True),
-    "student_cnn": lambda s: StudentCNN(s["num_classes"], s.get("in_channels", 3)),
-}
+    "student_cnn": lambda s: StudentCNN(s["num_classes"], s.get("in_channels", 3), s.get("width", 1.0)),
+})
 
 
 def he_normal_(model: nn.Module, scale: float = 1.0) -> None:

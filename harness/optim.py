@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
+from harness.registry import builders
+
 if TYPE_CHECKING:
     from harness.config import OptimCfg
 
@@ -81,14 +83,15 @@ class SphereSGD(torch.optim.Optimizer):
         self._renormalize()
 
 
-REGISTRY: dict[str, Callable[[OptimCfg, list[nn.Parameter]], torch.optim.Optimizer]] = {
+# keyed by harness.registry.NAMES["optimizer"] (what a config may name; checked when this module loads)
+REGISTRY: dict[str, Callable[[OptimCfg, list[nn.Parameter]], torch.optim.Optimizer]] = builders("optimizer", {
     "sgd": lambda c, params: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
                                              weight_decay=c.weight_decay),
     "adam": lambda c, params: torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps,
                                                weight_decay=c.weight_decay),
     "gi_adam": lambda c, params: GIAdam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay),
     "sphere_sgd": lambda c, params: SphereSGD(params, lr=c.lr, momentum=c.momentum),
-}
+})
 
 
 def build(cfg: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:

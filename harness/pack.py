@@ -75,7 +75,8 @@ def probe(cfg: TrialConfig, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), iters: in
     """Measure one training step of `cfg`'s model stacked K times for each K in `sizes` on its device:
     aggregate images/s and peak memory. Returns the pack size with the best aggregate rate (a larger K
     only when it gains 10% or more, and only while memory stays under `memory_fraction` of the device's)
-    and the measured rows."""
+    and the measured rows. Stops at the first K that gains less: past saturation (a CPU, or a GPU that one
+    model already fills) larger packs only cost probe time."""
     d, device = distributed.setup(cfg.perf.device)
     try:
         ds = data_mod.load(cfg.data).to(device)
@@ -83,6 +84,7 @@ def probe(cfg: TrialConfig, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), iters: in
         cuda = device.type == "cuda"
         limit = torch.cuda.get_device_properties(device).total_memory * memory_fraction if cuda else float("inf")
         plan = data_mod.plan_epoch(ds, cfg.seed, 0, 1, B, cfg.data.augment)
+        best = None
         for k in sizes:
             if cuda:
                 torch.cuda.empty_cache()
@@ -112,10 +114,9 @@ def probe(cfg: TrialConfig, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), iters: in
             if peak > limit:
                 rows[-1]["over_memory"] = True
                 break
-        best = rows[0]
-        for row in rows[1:]:
-            if not row.get("over_memory") and row["images_per_s"] >= 1.1 * best["images_per_s"]:
-                best = row
-        return best["pack"], rows
+            if best is not None and rate < 1.1 * best["images_per_s"]:
+                break
+            best = rows[-1]
+        return (best or {"pack": 1})["pack"], rows
     finally:
         distributed.teardown(d)

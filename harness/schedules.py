@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Callable
 
+from harness.registry import builders
+
 if TYPE_CHECKING:
     from harness.config import ScheduleCfg
 
@@ -49,7 +51,9 @@ def sgdr(cfg: ScheduleCfg, lr: float, spe: int, total: int) -> LrFn:
     return lr_at
 
 
-REGISTRY = {"constant": constant, "step": step, "linear": linear, "cosine": cosine, "sgdr": sgdr}
+# keyed by harness.registry.NAMES["schedule"] (what a config may name; checked when this module loads)
+REGISTRY = builders("schedule", {"constant": constant, "step": step, "linear": linear, "cosine": cosine,
+                                 "sgdr": sgdr})
 
 
 def to_iters(n: int, unit: str, spe: int) -> int:

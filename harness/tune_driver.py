@@ -159,6 +159,7 @@ def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Option
             {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
         tuner = tune.Tuner(
             trainable, param_space={"job": tune.grid_search(list(jobs))},
+            tune_config=tune.TuneConfig(reuse_actors=True),  # one process per slot, not per trial: no re-import
             run_config=tune.RunConfig(
                 name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(RunDir(out).tune), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),

@@ -1,6 +1,7 @@
 """`heurbench` console script: train, sweep, slurm, analyze, report, quickstart.
 
-Each sub-command imports its heavy dependencies (Ray, submitit, matplotlib) only when
+Each sub-command imports its heavy dependencies (Ray, submitit, matplotlib; torch and pandas
+for analyze, report, quickstart and results, whose parsers load only for them) only when
 it runs. A bad config, data set, checkpoint or results file exits 2 with one line on stderr
 (`heurbench: error: ...`), no traceback; an OS failure (disk full) exits 1 the same way.
 """
@@ -12,15 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from analysis.cli import add_parser as add_analyze
-from analysis.report import add_parser as add_report
 from harness.errors import CheckpointError, ConfigError, DataError, ResultsError
 from harness.grid import FINISHED, in_order, load_sweep, plan, read_sweep, write_resolved
 from harness.layout import RunDir
 from harness.runner import mark_failed, run_point
 from harness.tune_driver import LOOPBACK, run_sweep
-from heurbench.quickstart import add_parser as add_quickstart
-from heurbench.results import add_parser as add_results
 from slurm.launch import add_parser as add_slurm
 
 
@@ -112,17 +109,47 @@ def add_sweep(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_analyze(sub) -> None:
+    from analysis.cli import add_parser
+    add_parser(sub)
+
+
+def add_report(sub) -> None:
+    from analysis.report import add_parser
+    add_parser(sub)
+
+
+def add_quickstart(sub) -> None:
+    from heurbench.quickstart import add_parser
+    add_parser(sub)
+
+
+def add_results(sub) -> None:
+    from heurbench.results import add_parser
+    add_parser(sub)
+
+
+COMMANDS = {"train": add_train, "sweep": add_sweep, "slurm": add_slurm, "analyze": add_analyze,
+            "report": add_report, "quickstart": add_quickstart, "results": add_results}
+HEAVY = {"analyze", "report", "quickstart", "results"}
+"""Commands whose parser's module imports torch or pandas: added only when that command runs, or for help or a
+mistyped command (so `sweep plan` of a large grid runs without torch or pandas)."""
+
+
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The parser for the arguments `argv` (default sys.argv[1:])."""
     p = argparse.ArgumentParser(prog="heurbench", description=__doc__.splitlines()[0])
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_sweep, add_slurm, add_analyze, add_report, add_quickstart, add_results):
-        add(sub)
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    for name, add in COMMANDS.items():
+        if name not in HEAVY or command == name or command not in COMMANDS:
+            add(sub)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +26,26 @@ from harness.storage import write_text
 from harness.tune_driver import run_sweep
 
 log = logging.getLogger("heurbench.slurm")
+# srun's per-task variables of the job step that runs RaySweepJob: Ray's processes, and so the trials in them, must
+# not inherit them, or harness.distributed takes each trial for one rank of a DDP group as wide as the allocation
+TASK_ENV = re.compile(r"SLURM_(PROCID|LOCALID|NODEID|GTIDS|TASK_PID|STEP\w*|NTASKS\w*|NPROCS|TASKS_PER_NODE|"
+                      r"SRUN_COMM_\w+|LAUNCH_NODE_IPADDR|CPU_BIND\w*|DISTRIBUTION)")
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def ray_env() -> dict[str, str]:
+    """This process's environment without srun's per-task variables (TASK_ENV)."""
+    return {k: v for k, v in os.environ.items() if not TASK_ENV.fullmatch(k)}
+
+
+@contextmanager
+def without_task_env():
+    """os.environ without TASK_ENV while Ray starts its processes here (they copy the environment), then as it was."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if TASK_ENV.fullmatch(k)}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 class TrialJob:
@@ -59,14 +79,15 @@ class RaySweepJob(TrialJob):
     def head(sweeps: list[Sweep], out_root: Path, rendezvous: Path, nodes: int) -> dict:
         import ray
 
-        ray.init(address="local", include_dashboard=False, configure_logging=False,
-                 num_cpus=int(os.environ.get("SLURM_CPUS_ON_NODE", os.cpu_count())))
+        with without_task_env():
+            ray.init(address="local", include_dashboard=False, configure_logging=False,
+                     num_cpus=int(os.environ.get("SLURM_CPUS_ON_NODE", os.cpu_count())))
         address = ray.get_runtime_context().gcs_address
         write_text(rendezvous / "address", address)
         log.info("ray head at %s; waiting for %d worker node(s)", address, nodes - 1)
         deadline = time.time() + 300
         while sum(n["Alive"] for n in ray.nodes()) < nodes and time.time() < deadline:
-            time.sleep(2)
+            time.sleep(0.5)
         try:
             counts = {}
             for s in sweeps:
@@ -79,13 +100,14 @@ class RaySweepJob(TrialJob):
     @staticmethod
     def worker(rendezvous: Path) -> None:
         while not (rendezvous / "address").exists():
-            time.sleep(2)
+            time.sleep(0.5)
         address = (rendezvous / "address").read_text()
-        env = {"RAY_AUTH_MODE": "token", **os.environ}  # the head's ray.init enables Ray's token auth by default
-        proc = subprocess.Popen(["ray", "start", "--address", address, "--block"], env=env)
+        env = {"RAY_AUTH_MODE": "token", **ray_env()}  # the head's ray.init enables Ray's token auth by default
+        cpus = os.environ.get("SLURM_CPUS_ON_NODE", str(os.cpu_count()))  # the allocation's CPUs, as the head's
+        proc = subprocess.Popen(["ray", "start", "--address", address, f"--num-cpus={cpus}", "--block"], env=env)
         try:
             while not (rendezvous / "done").exists() and proc.poll() is None:
-                time.sleep(5)
+                time.sleep(1)
         finally:
             proc.terminate()
             proc.wait()

@@ -14,7 +14,7 @@ CIFAR = shared_cifar()
 BASE_TRIAL = {
     "name": "t",
     "seed": 0,
-    "model": {"name": "student_cnn", "init": "default"},
+    "model": {"name": "student_cnn", "init": "default", "width": 0.25},
     "data": {"name": "parquet", "root": str(CIFAR), "train_subset": 400, "test_subset": 200, "batch_size": 50,
              "eval_batch_size": 200},
     "optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9},
@@ -25,7 +25,7 @@ BASE_TRIAL = {
 
 @pytest.fixture
 def trial_dict():
-    """A fresh copy of a tiny, fast trial (student CNN, 400 real CIFAR-10 images)."""
+    """A fresh copy of a tiny, fast trial (student CNN at width 1/4, 400 real CIFAR-10 images)."""
     if not (CIFAR / "train.parquet").is_file():
         pytest.fail(f"{CIFAR}: CIFAR-10 Parquet not found (expected ../shared beside the repo)")
     return copy.deepcopy(BASE_TRIAL)

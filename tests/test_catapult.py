@@ -57,6 +57,7 @@ def test_catapult_returns_target_when_nothing_spikes_below_it():
 def test_catapult_warmup_in_a_trial(trial_dict, tmp_path):
     trial_dict["warmup"] = {"length": 8, "eta_init": "catapult"}
     trial_dict["optim"]["lr"] = 50.0  # far above the catapult LR of this CNN
+    trial_dict["data"]["batch_size"] = 10  # up to 19 probes of 10 steps each
     cfg = parse_trial(trial_dict)
     run_trial(cfg, tmp_path)
     eta = json.loads((tmp_path / "trials" / cfg.trial_id() / "status.json").read_text())["eta_init"]

@@ -137,3 +137,17 @@ def test_budget_checks_once_steps_per_epoch_are_known(trial_dict, caplog):
     with caplog.at_level("WARNING"):
         steps(parse_trial(trial_dict), 400)  # a warning, not an error: a smoke run of a long config means it
     assert "warmup.length = 5 epochs is longer than the budget of 32 iterations" in caplog.text
+
+
+def test_the_builder_tables_are_keyed_by_the_one_registry():
+    """Configs are checked against harness/registry.py (no torch); each torch module's builder table has exactly
+    its names, and a table that drifts from them is refused when its module loads."""
+    from harness import data, models, optim, schedules
+    from harness.registry import NAMES, builders
+
+    for kind, module in (("model", models), ("data set", data), ("optimizer", optim), ("schedule", schedules)):
+        assert sorted(module.REGISTRY) == sorted(NAMES[kind]) and len(NAMES[kind]) == len(set(NAMES[kind])), kind
+    with pytest.raises(RuntimeError, match=r"no builder for \['vgg16'\], not registered \[\]"):
+        builders("model", {n: None for n in NAMES["model"] if n != "vgg16"})
+    with pytest.raises(RuntimeError, match=r"no builder for \[\], not registered \['alexnet'\]"):
+        builders("model", {**dict.fromkeys(NAMES["model"]), "alexnet": None})

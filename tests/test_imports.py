@@ -1,5 +1,6 @@
-"""The layering rules of DESIGN.md: harness imports neither analysis nor slurm, the grid loads without torch,
-and the command-line layer loads Ray, submitit and matplotlib only when a command runs."""
+"""The layering rules of DESIGN.md: harness imports neither analysis nor slurm, the grid and config validation
+load without torch, and the command-line layer loads Ray, submitit, matplotlib, torch and pandas only when a
+command that needs them runs."""
 import ast
 import subprocess
 import sys
@@ -29,9 +30,43 @@ def test_harness_imports_neither_analysis_nor_slurm_nor_the_cli(path):
 @pytest.mark.parametrize("module, absent", [
     ("harness.grid", ["torch", "ray"]),
     ("harness.config", ["torch"]),
-    ("heurbench.cli", ["ray", "submitit", "matplotlib"]),
+    ("harness.registry", ["torch", "pydantic"]),
+    ("heurbench.cli", ["ray", "submitit", "matplotlib", "torch", "pandas"]),
 ])
 def test_importing_loads_no_heavy_dependency(module, absent):
     code = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:] or r.stdout
+
+
+VALIDATE = """
+import copy, sys, yaml
+from harness.config import parse_trial
+from harness.errors import ConfigError
+from harness.grid import read_sweep
+from harness.registry import NAMES
+trial = {"model": {"name": "vgg11"}, "data": {"name": "digits"}, "optim": {"name": "sgd", "lr": 0.1},
+         "budget": {"iterations": 2}}
+for section, kind in (("model", "model"), ("data", "data set"), ("optim", "optimizer"), ("schedule", "schedule")):
+    for name in [*NAMES[kind], "nope"]:  # every registered name validates, an unknown one is refused
+        cfg = copy.deepcopy(trial)
+        cfg.setdefault(section, {}).update(name=name, **({"root": "x"} if section == "data" else {}))
+        if name != "nope":
+            parse_trial(cfg)
+    try:
+        parse_trial(cfg)
+        raise SystemExit(f"{section}.name 'nope' validated")
+    except ConfigError as err:
+        assert f"unknown {kind} 'nope'; expected one of {sorted(NAMES[kind])}" in str(err), err
+open(sys.argv[1], "w").write(yaml.safe_dump({"name": "s", "base": trial, "seeds": [0, 1],
+                                             "grid": {"model.name": list(NAMES["model"])}}))
+assert len([p.cfg for p in read_sweep(sys.argv[1]).stream()]) == 2 * len(NAMES["model"])
+print([m for m in ("torch", "pandas") if m in sys.modules])
+"""
+
+
+def test_validating_configs_and_sweeps_loads_no_torch(tmp_path):
+    """Config validation checks names against harness/registry.py, not the torch modules' builder tables."""
+    r = subprocess.run([sys.executable, "-c", VALIDATE, str(tmp_path / "s.yaml")], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:] or r.stdout
