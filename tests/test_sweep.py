@@ -184,8 +184,12 @@ def test_killed_driver_rerun_skips_finished_and_resumes_unfinished(trial_dict, t
     out = tmp_path / "runs" / "s"
     driver = subprocess.Popen(sweep_cmd(path, tmp_path / "runs", ray_address), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def ready(st):  # the short trial done, the long one past its first checkpoint (on 2 CPUs it may start later)
+        return st.get(short, {}).get("state") == "done" and st.get(long, {}).get("iteration", 0) >= 8
+
     deadline = time.time() + 240
-    while time.time() < deadline and statuses(out).get(short, {}).get("state") != "done":
+    while time.time() < deadline and not ready(statuses(out)):
         time.sleep(0.5)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
