@@ -1,17 +1,44 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: the GPU tests, the throughput table (VGG-16 with the
-# 8-trial packing rows first, then VGG-11 and ResNet-18), the analysis speeds. Each step's log and
-# the CSV tables land in LOGDIR (default runs/gpu); a failing step does not stop the later ones.
-# Usage: bash bench/gpu_checks.sh [LOGDIR]
+# Everything that needs a GPU, as named steps, each under its own time limit (a step that fails or runs
+# out of time does not stop the later ones). Each step's log and the CSV tables land in LOGDIR.
+#   tests       the GPU tests (tests/test_gpu.py)
+#   vgg16       throughput: VGG-16 at bs 100 and 5000, plain recipe vs heurbench, and the 8-trial packing rows
+#   others      throughput: VGG-11 and ResNet-18 at bs 100 and 5000
+#   profile     torch.profiler of VGG-16 steps: bs 100, a pack of 8 at bs 100, bs 5000 (top kernels, idle share)
+#   analysis    the analyses' speed (bench/analysis_speed.py)
+#   s3          S3 at paper scale, 30 epochs (sweeps/gpu/s3_30ep.yaml) and its report; LOGDIR/s3.tar.gz
+#   s3fp32      its large-batch runs in fp32 without compile (sweeps/gpu/s3_30ep_fp32.yaml); LOGDIR/s3fp32.tar.gz
+# Usage: bash bench/gpu_checks.sh LOGDIR [STEP...]   (default: every step but s3, in the order above)
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu}
+shift || true
+steps=${*:-tests vgg16 others profile analysis}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-step() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | tee "$out/$name.log"; }
-step test_gpu python3 -m pytest -q -ra -p no:cacheprovider tests/test_gpu.py
-step throughput_vgg16 python3 bench/throughput.py --models vgg16 --batches 100 5000 --pack 8 \
-    --csv "$out/throughput_vgg16.csv"
-step throughput_others python3 bench/throughput.py --models vgg11 resnet18 --batches 100 5000 --pack 0 \
-    --csv "$out/throughput_others.csv"
-step analysis_speed python3 bench/analysis_speed.py
+run() {  # run NAME SECONDS CMD...: CMD's output to the screen and LOGDIR/NAME.log
+    local name=$1 limit=$2 t=$SECONDS
+    shift 2
+    echo "== $name (limit $limit s): $*"
+    timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$out/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t)) s"
+}
+for s in $steps; do
+    case $s in
+    tests) run tests 150 python3 -m pytest -q -ra -p no:cacheprovider tests/test_gpu.py ;;
+    vgg16) run vgg16 200 python3 bench/throughput.py --models vgg16 --batches 100 5000 --pack 8 \
+               --csv "$out/throughput_vgg16.csv" ;;
+    others) run others 150 python3 bench/throughput.py --models vgg11 resnet18 --batches 100 5000 --pack 0 \
+                --csv "$out/throughput_others.csv" ;;
+    profile) for args in "--batch 100" "--batch 100 --pack 8" "--batch 5000 --iters 40 --active 10"; do
+                 run profile 45 python3 bench/profile_trial.py --model vgg16 $args
+             done ;;
+    analysis) run analysis 60 python3 bench/analysis_speed.py ;;
+    s3) run s3 300 python3 bench/sweep_one_gpu.py sweeps/gpu/s3_30ep.yaml --out runs
+        run s3 120 python3 -m heurbench.cli report runs/s3_gpu_30ep --inputs 2000
+        tar czf "$out/s3.tar.gz" --exclude=ckpt --exclude=.tune -C runs s3_gpu_30ep ;;
+    s3fp32) run s3fp32 300 python3 bench/sweep_one_gpu.py sweeps/gpu/s3_30ep_fp32.yaml --out runs
+            tar czf "$out/s3fp32.tar.gz" --exclude=ckpt -C runs s3_gpu_30ep_fp32 ;;
+    *) echo "unknown step $s (expected tests vgg16 others profile analysis s3 s3fp32)"; exit 2 ;;
+    esac
+done

@@ -19,7 +19,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from harness import checkpoints, data as data_mod, distributed
 from harness.config import TrialConfig
 from harness.models import build
-from harness.trial import autocast, memory_format, model_spec
+from harness.trial import autocast, model_spec
 
 
 class StackedSGD:
@@ -100,7 +100,10 @@ def member_batches(ds: data_mod.Dataset, plans: list[data_mod.Epoch], step: int)
 
 class Stack:
     """K models of one architecture as stacked weights, trained together: one vmapped forward/backward.
-    Per-member values (losses, norms, lrs) are [K] tensors or lists; a pack runs in one process."""
+    Per-member values (losses, norms, lrs) are [K] tensors or lists; a pack runs in one process. Inputs stay in
+    the contiguous format whatever perf.channels_last says: batch norm cannot ask for another format inside
+    vmap, and the members' convolutions run as one grouped convolution, which channels_last only wraps in
+    layout conversions (profiled on an H200, bench/RESULTS.md)."""
 
     main = True
 
@@ -114,7 +117,6 @@ class Stack:
         self.keys = list(self.skeleton.state_dict())
         self.opt = StackedSGD(self.params, cfgs)
         self.amp = autocast(cfgs[0], device)
-        self.mem = memory_format(cfgs[0])
         self.eval_batch = cfgs[0].data.eval_batch_size
 
         def forward(p, b, x):
@@ -178,8 +180,7 @@ class Stack:
     def _losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         K, B = y.shape
         with self.amp():
-            logits = self.stacked(self.params, self.buffers,
-                                  x.flatten(0, 1).contiguous(memory_format=self.mem).unflatten(0, (K, B)))
+            logits = self.stacked(self.params, self.buffers, x)
         losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(K, B).mean(1)
         return losses, logits
 
@@ -190,7 +191,7 @@ class Stack:
         sums = torch.zeros(self.K, 3, dtype=torch.float64, device=self.device)
         for lo in range(0, len(split), self.eval_batch):
             y = split.labels[lo:lo + self.eval_batch]
-            x = self.ds.normalize(split.images[lo:lo + self.eval_batch]).contiguous(memory_format=self.mem)
+            x = self.ds.normalize(split.images[lo:lo + self.eval_batch])
             with self.amp():
                 out = self.shared(self.params, self.buffers, x).float()
             sums[:, 0] += F.cross_entropy(out.flatten(0, 1), y.repeat(self.K), reduction="none").view(self.K, -1) \

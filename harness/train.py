@@ -93,6 +93,7 @@ def train_locked(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d
     if not todo:
         return states
     torch.manual_seed(todo[0].seed)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: cuDNN times its algorithms once
     ds = data_mod.load(todo[0].data).to(device)
     spe, total = steps(todo[0], len(ds.train))
     spec = model_spec(todo[0], ds)

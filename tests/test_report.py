@@ -45,14 +45,14 @@ CASES = {
 # report options per case, as `heurbench report --images N --t-points N ...` would pass them (each study's
 # defaults are sized for the reduced sweeps; these cut the heaviest analyses further for CI, every branch of the
 # recipes still running): S6's sharpness probes (ResNet-18/8, one Hessian-vector product per Lanczos step and
-# checkpoint) on 32 train images and at most 5 Lanczos steps (at the defaults, 100 images and steps to
+# checkpoint) on 16 train images and at most 5 Lanczos steps (at the defaults, 100 images and steps to
 # tolerance, the S6 case alone took 8.5 min on 2 cores at width 1/4); the default stopping rule is checked
 # against an exact Hessian in tests/test_sharpness.py. S1's and S2's polychains trained on 50 images (one batch
 # of the connect analysis) and evaluated at 3 t points (0, 0.5 = the bend, 1; S2's bend claims need an odd
 # count), S2's for one curve epoch.
 SIZES = {"s1_reduced": {"images": 50, "t_points": 3},
          "s2_reduced": {"images": 50, "t_points": 3, "curve_epochs": (1,)},
-         "s6_reduced": {"iters": 5, "images": 32}}
+         "s6_reduced": {"iters": 5, "images": 16}}
 
 # reduced sweeps whose study recipe another end-to-end test runs -> that test
 COVERED_ELSEWHERE = {

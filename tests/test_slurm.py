@@ -83,10 +83,12 @@ def test_array_mode_runs_every_trial_as_a_slurm_job(trial_dict, tmp_path):
     assert submit(path, tmp_path / "runs") == []  # all finished: nothing to submit
 
 
-LONG = 240  # iterations of batch 10 (~20 s): a trial is still running when a signal sent at iteration 16 lands
+LONG = 240  # iterations of batch 10 of the two-node test's trials
+SIGNALLED = 1600  # iterations of batch 10 (~10 s on CI's machine, where 240 once ended before scancel landed): a
+# trial is still running when a signal sent once it has passed iteration 16 lands
 
 
-def start_long_trial(trial_dict, tmp_path, iterations=LONG):
+def start_long_trial(trial_dict, tmp_path, iterations=SIGNALLED):
     """Submit one trial without waiting; return (job id, sweep path, out) once it has a checkpoint at >= 16."""
     trial_dict["budget"] = {"iterations": iterations}
     trial_dict["data"].update(train_subset=200, test_subset=50, batch_size=10)
@@ -110,13 +112,13 @@ def test_cancelled_job_resumes_from_its_checkpoint_when_resubmitted(trial_dict, 
     subprocess.run(["scancel", job], check=True)
     wait_for(job)
     (before,) = statuses(out).values()
-    assert before["state"] == "running" and 16 <= before["iteration"] < LONG, before
+    assert before["state"] == "running" and 16 <= before["iteration"] < SIGNALLED, before
     (first_part,) = (out / "metrics").glob("*/part-00000.parquet")
     written = pd.read_parquet(first_part)
 
     submit(path, tmp_path / "runs")
-    check_results(out, load_sweep(path), LONG)
-    assert f"resuming at iteration {before['iteration']}/{LONG}" in job_logs(out)
+    check_results(out, load_sweep(path), SIGNALLED)
+    assert f"resuming at iteration {before['iteration']}/{SIGNALLED}" in job_logs(out)
     kept = pd.read_parquet(first_part)  # the trial's parts, compacted into one when it ended
     pd.testing.assert_frame_equal(kept.iloc[:len(written)], written)  # rows before the checkpoint kept, not redone
 
@@ -130,7 +132,7 @@ def test_timeout_signal_requeues_the_job_which_resumes(trial_dict, tmp_path):
         time.sleep(0.5)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)  # skip SLURM's requeue hold
     wait_for(job)
-    check_results(out, load_sweep(path), LONG)
+    check_results(out, load_sweep(path), SIGNALLED)
     logs = job_logs(out)
     assert "Requeued job" in logs and "resuming at iteration" in logs
 
