@@ -7,6 +7,7 @@ iterations x s/iteration + evaluations x batches per evaluation x s/evaluation b
 """
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import time
@@ -23,6 +24,8 @@ from harness.grid import Sweep
 from harness.data import CLASSES
 from harness.models import build
 from harness.trial import autocast, eval_interval, memory_format
+
+log = logging.getLogger("heurbench.estimate")
 
 SHAPE = (3, 32, 32)  # every data set is held as 32x32 RGB (harness.data)
 SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000), "digits": (1437, 360)}  # (train, test) images
@@ -55,18 +58,22 @@ def local_device(cfg: TrialConfig) -> torch.device:
     return torch.device("cuda" if cfg.perf.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def timed(fn: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
-    """Mean seconds of `fn` over `steps` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t) / steps
+def timed(fn: Callable[[], None], steps: int, warmup: int, device: torch.device, budget: float = 20.0) -> float:
+    """Mean seconds of `fn` over up to `steps` calls after up to `warmup` untimed ones; each phase stops early
+    (after one call) once it has taken `budget` seconds, so a slow setting (a large batch on a CPU) probes in
+    about 2 x `budget`."""
+    def run(n: int) -> tuple[int, float]:
+        t, done = time.perf_counter(), 0
+        while done < n and (done == 0 or time.perf_counter() - t < budget):
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            done += 1
+        return done, time.perf_counter() - t
+
+    run(warmup)
+    done, seconds = run(steps)
+    return seconds / done
 
 
 def probe(cfg: TrialConfig, device: torch.device, steps: int = 5, warmup: int = 2) -> tuple[float, float]:
@@ -132,7 +139,11 @@ def estimate(sweep: Sweep, steps: int = 5) -> list[Row]:
         if key not in rows:
             device = local_device(p.cfg)
             name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+            log.info("probe %d: %s on %s (%d steps, the first point: %d)", len(rows) + 1, key, name, steps, p.index)
+            t = time.perf_counter()
             rows[key] = Row(key, *probe(p.cfg, device, steps), device=f"{device} ({name})")
+            log.info("probe %d: %.4g s/iteration, %.4g s/eval batch (took %.0f s)", len(rows),
+                     rows[key].s_per_iteration, rows[key].s_per_eval_batch, time.perf_counter() - t)
         r = rows[key]
         seconds = trial_seconds(p.cfg, r.s_per_iteration, r.s_per_eval_batch)
         r.trials += 1
@@ -150,7 +161,8 @@ def report(sweep: Sweep) -> Iterator[str]:
     """`sweep plan --estimate`'s lines: a table of the distinct settings and the sweep's total."""
     rows = estimate(sweep)
     gpus = sweep.spec.resources.gpus_per_trial
-    yield f"estimate for sweep {sweep.name} (probe: 5 timed steps after 2 warm-up steps per setting):"
+    yield (f"estimate for sweep {sweep.name} (probe per setting: up to 5 timed steps after up to 2 warm-up "
+           f"steps, each phase cut at 20 s):")
     yield f"{'s/iteration':>12}  {'s/eval batch':>12}  {'trials':>7}  {'hours':>9}  device  setting"
     for r in rows:
         yield (f"{r.s_per_iteration:12.4g}  {r.s_per_eval_batch:12.4g}  {r.trials:7d}  {r.seconds / 3600:9.3f}  "

@@ -2,7 +2,9 @@
 import pytest
 import yaml
 
-from harness.estimate import SLURM_MARGIN, estimate, hms, report
+import torch
+
+from harness.estimate import SLURM_MARGIN, estimate, hms, report, timed
 from harness.grid import read_sweep
 
 
@@ -42,3 +44,20 @@ def test_report_prints_the_table_and_the_total(sweep, monkeypatch):
     assert lines[-1].startswith(f"total: {seconds / 3600:.3f} trial-hours, {seconds / 3600 * 0.5:.3f} GPU-hours")
     assert f"--time={hms((16 * 0.02 + 2 * 0.003) * SLURM_MARGIN)}" in lines[-1]
     assert len(lines) == 2 + 2 + 1 and lines[2].split()[:3] == ["0.01", "0.002", "4"]
+
+
+def test_timed_averages_the_timed_calls_and_cuts_each_phase_at_its_budget(monkeypatch):
+    import harness.estimate as est
+
+    clock = {"t": 0.0, "calls": 0}
+
+    def fn():  # each call takes 3 s of a fake clock
+        clock["t"] += 3.0
+        clock["calls"] += 1
+
+    monkeypatch.setattr(est.time, "perf_counter", lambda: clock["t"])
+    cpu = torch.device("cpu")
+    for budget, calls in ((100.0, 7), (4.0, 4), (1.0, 2)):  # 2 warm-up + 5 timed; cut after the call past
+        clock["calls"] = 0                                   # 4 s; at least one call per phase, however slow
+        assert timed(fn, steps=5, warmup=2, device=cpu, budget=budget) == 3.0
+        assert clock["calls"] == calls, budget
