@@ -58,9 +58,8 @@ def check_packable(cfgs: list[TrialConfig]) -> None:
     for c in cfgs:
         if c.optim.name != "sgd":
             raise ConfigError(f"optim.name = {c.optim.name!r}: packed trials train with sgd only")
-        if c.freeze.groups or c.distill:
-            key = "freeze.groups" if c.freeze.groups else "distill"
-            raise ConfigError(f"{key}: set in trial {c.trial_id()}, which packing does not support")
+        if c.distill:
+            raise ConfigError(f"distill: set in trial {c.trial_id()}, which packing does not support")
         if c.warmup.eta_init == "catapult":
             raise ConfigError("warmup.eta_init = 'catapult': packed trials need a numeric eta_init")
         mine = flatten(c.model_dump(mode="json"), keep=is_free)

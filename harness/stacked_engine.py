@@ -18,6 +18,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from harness import checkpoints, data as data_mod, distributed
 from harness.config import TrialConfig
+from harness.freeze import Freezer
 from harness.models import build
 from harness.trial import autocast, model_spec
 
@@ -116,6 +117,7 @@ class Stack:
         self.skeleton = copy.deepcopy(models[0])
         self.keys = list(self.skeleton.state_dict())
         self.opt = StackedSGD(self.params, cfgs)
+        self.freezer = Freezer(cfgs[0].freeze, self.skeleton, spe, self.params)  # members share freeze (pack_key)
         self.amp = autocast(cfgs[0], device)
         self.eval_batch = cfgs[0].data.eval_batch_size
 
@@ -142,6 +144,7 @@ class Stack:
         """Step `step` of every member on its own batch: losses [K] and correct [K] (detached) and the batch size."""
         x, y = member_batches(self.ds, self.plans, step)
         losses, logits = self.backward(x, y, alive)
+        self.freezer.apply(it)
         return losses, (logits.argmax(2) == y).sum(1), y.shape[1]
 
     def step(self, lrs: list[float], lr_row: Tensor) -> None:

@@ -46,17 +46,13 @@ def test_torchrun_two_ranks_match_one_process(cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_train_torchtrainer_two_workers_match_one_process(cfg, tmp_path):
-    import ray
+def test_ray_train_torchtrainer_two_workers_match_one_process(cfg, tmp_path, ray_address):
+    """On the session's Ray cluster (2 CPUs, one per worker)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     assert run_trial(cfg, tmp_path / "one") == "done"
     out = tmp_path / "two"
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        TorchTrainer(lambda: run_trial(cfg, out), scaling_config=ScalingConfig(num_workers=2),
-                     run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="ddp")).fit()
-    finally:
-        ray.shutdown()
+    TorchTrainer(lambda: run_trial(cfg, out), scaling_config=ScalingConfig(num_workers=2),
+                 run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="ddp")).fit()
     assert_same_trajectory(metrics(tmp_path / "one"), metrics(out))

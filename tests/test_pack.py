@@ -116,8 +116,10 @@ def trial_dict(trial_dict):
 
 @pytest.fixture
 def two(trial_dict):
+    """Two members with their own lr, seed and weight decay, the FC stack frozen (both) for 4 of 16 iterations."""
     trial_dict["data"]["augment"] = True
-    trial_dict["checkpoints"] = {"iterations": [0, 6]}
+    trial_dict["checkpoints"] = {"iterations": [0, 4]}
+    trial_dict["freeze"] = {"groups": ["fc_stack"], "length": 4, "unit": "iteration"}
     return members(trial_dict, {"optim.lr": 0.01}, {"optim.lr": 0.03, "seed": 1, "optim.weight_decay": 5e-4})
 
 
@@ -134,10 +136,12 @@ def test_packed_trials_write_what_single_trials_write(two, tmp_path, one_thread)
     for c in two:
         ckpts = [sorted(p.name for p in (tmp_path / run / "trials" / c.trial_id() / "ckpt").iterdir())
                  for run in ("packed", "single")]
-        assert ckpts[0] == ckpts[1] == ["iter=000000.pt", "iter=000006.pt", "iter=000016.pt", "last.pt"]
-        s0 = torch.load(tmp_path / "packed" / "trials" / c.trial_id() / "ckpt" / "iter=000000.pt")["model"]
+        assert ckpts[0] == ckpts[1] == ["iter=000000.pt", "iter=000004.pt", "iter=000016.pt", "last.pt"]
+        s0, s4 = (torch.load(tmp_path / "packed" / "trials" / c.trial_id() / "ckpt" / f"iter=00000{i}.pt")["model"]
+                  for i in (0, 4))
         s1 = torch.load(tmp_path / "single" / "trials" / c.trial_id() / "ckpt" / "iter=000000.pt")["model"]
         assert all(torch.equal(s0[k], s1[k]) for k in s1)  # each member starts from its own seed's init
+        assert all(torch.equal(s0[k], s4[k]) == k.startswith("classifier") for k in s0)  # only the FC stack frozen
 
 
 def test_interrupted_pack_resumes_unpacked_without_duplicates(two, tmp_path, monkeypatch, one_thread):

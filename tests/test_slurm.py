@@ -84,7 +84,7 @@ def test_array_mode_runs_every_trial_as_a_slurm_job(trial_dict, tmp_path):
 
 
 LONG = 240  # iterations of batch 10 of the two-node test's trials
-SIGNALLED = 1600  # iterations of batch 10 (~10 s on CI's machine, where 240 once ended before scancel landed): a
+SIGNALLED = 1000  # iterations of batch 10 (~5 s on CI's machine, where 240 once ended before scancel landed): a
 # trial is still running when a signal sent once it has passed iteration 16 lands
 
 
@@ -271,9 +271,11 @@ def test_ray_mode_over_two_nodes_retries_a_killed_node_s_trial_with_no_row_lost_
 
 def test_array_template_by_hand(trial_dict, tmp_path):
     path = write_sweep(tmp_path, trial_dict, grid={"optim.lr": [0.01, 0.02]})
-    subprocess.run(["sbatch", "--wait", "--array=0-1", f"--partition={PARTITION}", "--gpus-per-node=0",
-                    "--cpus-per-task=1", "--time=10", f"--output={tmp_path}/%A_%a.out",
-                    str(REPO / "slurm" / "array.sbatch"), str(path), str(tmp_path / "runs")], check=True, timeout=300, capture_output=True)
+    r = subprocess.run(["sbatch", "--parsable", "--array=0-1", f"--partition={PARTITION}", "--gpus-per-node=0",
+                        "--cpus-per-task=1", "--time=10", f"--output={tmp_path}/%A_%a.out",
+                        str(REPO / "slurm" / "array.sbatch"), str(path), str(tmp_path / "runs")],
+                       check=True, timeout=60, capture_output=True, text=True)
+    wait_for(r.stdout.strip())  # squeue every second: sbatch --wait took ~30 s to notice the end of a 10 s array
     check_results(tmp_path / "runs" / "s", load_sweep(path), 16)
 
 
