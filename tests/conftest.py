@@ -59,3 +59,9 @@ def ray_address():
     init_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tests first (the quickstart, then every slow one), so that pytest-xdist's workers share them
+    out from the start instead of one worker running a long test alone at the end."""
+    items.sort(key=lambda item: 0 if "test_quickstart" in item.nodeid else 1 if item.get_closest_marker("slow") else 2)

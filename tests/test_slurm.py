@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from harness import lock
 from harness.grid import load_sweep
+from harness.layout import RunDir
 from slurm.launch import ENDED, job_states
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +113,9 @@ def test_cancelled_job_resumes_from_its_checkpoint_when_resubmitted(trial_dict, 
     job, path, out = start_long_trial(trial_dict, tmp_path)
     subprocess.run(["scancel", job], check=True)
     wait_for(job)
-    (before,) = statuses(out).values()
+    (tid,) = statuses(out)
+    with lock.hold(RunDir(out).trial(tid).lock, "the cancelled trial", wait=60):  # its process has exited: SLURM
+        (before,) = statuses(out).values()  # reports the job cancelled while the step still runs (up to KillWait)
     assert before["state"] == "running" and 16 <= before["iteration"] < SIGNALLED, before
     (first_part,) = (out / "metrics").glob("*/part-00000.parquet")
     written = pd.read_parquet(first_part)
