@@ -78,7 +78,8 @@ def lines(df: pd.DataFrame, x: str, y: str, path: str | Path, by: Sequence[str] 
     """One line per combination of the `by` columns: per-layer diagonals, curve vs segment along t,
     metric vs epoch, accuracy per frequency variant (categorical x is plotted in row order). With `over`
     (e.g. "seed"), a combination holding several values of that column is drawn as the mean over them at each
-    x with a band: the 95% t interval of the mean (analysis.claims.interval), where at least 2 are finite."""
+    x with a band: the 95% t interval of the mean (analysis.claims.interval), where at least 2 are finite,
+    clipped to [0, 1] for an accuracy."""
     from analysis.claims import interval
 
     plt = _pyplot()
@@ -92,8 +93,9 @@ def lines(df: pd.DataFrame, x: str, y: str, path: str | Path, by: Sequence[str] 
         xs = part[x].astype(str) if part[x].dtype == object else part[x]
         line, = ax.plot(xs, part[y], marker=".", label=label or None,
                         linestyle=("-", "--", ":", "-.")[n // 10 % 4])  # colours repeat after 10; styles differ
-        if "lo" in part:
-            ax.fill_between(xs, part["lo"], part["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
+        if "lo" in part:  # an accuracy's band kept inside [0, 1]: the t interval of 3 seeds can leave it
+            lo, hi = (part[c].clip(0, 1) if y.endswith("accuracy") else part[c] for c in ("lo", "hi"))
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set(xlabel=x, ylabel=y)
     if not pd.api.types.is_numeric_dtype(df[x]):  # layer names, variants
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
