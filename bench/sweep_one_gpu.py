@@ -1,5 +1,6 @@
 """Run a sweep on this machine's GPU without Ray: the jobs `heurbench sweep` would give Ray Tune (single
-trials, or packs of `resources.pack` trials), each in its own process, all at once on the one device.
+trials, or packs of `resources.pack` trials; `auto` probed in this process), each in its own process, all at
+once on the one device.
 
 For a GPU machine that lacks Ray (the lent device of bench/gpu_checks.sh: Ray's wheel is too large to
 carry there); everywhere else `heurbench sweep` is the way. Finished trials are skipped, so a re-run resumes.
@@ -16,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.grid import FINISHED, load_sweep, state_of, write_resolved  # noqa: E402
-from harness.pack import packs  # noqa: E402
+from harness.pack import jobs as pack_jobs, probe  # noqa: E402
 from harness.runner import log_to_stderr, run_job  # noqa: E402
 
 
@@ -34,9 +35,11 @@ def main() -> None:
     sweep = load_sweep(a.sweep)
     out = Path(a.out).resolve() / sweep.name
     write_resolved(sweep, out)
-    todo = [p.cfg for p in sweep.points if state_of(out, p) not in FINISHED]
+    todo = [p for p in sweep.points if state_of(out, p) not in FINISHED]
     size = sweep.spec.resources.pack
-    jobs = [[todo[i] for i in idx] for idx in packs(todo, size if isinstance(size, int) else 1)] if todo else []
+    if size == "auto" and todo:
+        size, _ = probe(todo[0].cfg)
+    jobs = [[p.cfg for p in job] for job in pack_jobs(todo, size)]
     print(f"sweep {sweep.name}: {len(sweep.points)} trials, {len(todo)} to run as {len(jobs)} processes "
           f"({', '.join(str(len(j)) for j in jobs)} trials each) -> {out}", flush=True)
     t = time.perf_counter()

@@ -30,6 +30,7 @@ log = logging.getLogger("heurbench.estimate")
 SHAPE = (3, 32, 32)  # every data set is held as 32x32 RGB (harness.data)
 SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000), "digits": (1437, 360)}  # (train, test) images
 SLURM_MARGIN = 1.5  # --time: the longest trial times this
+PHASE_SECONDS = 20.0  # a probe's warm-up, then its timed steps, each stop after the first call past this
 
 
 def split_sizes(data: DataCfg) -> tuple[int, int, int]:
@@ -58,7 +59,8 @@ def local_device(cfg: TrialConfig) -> torch.device:
     return torch.device("cuda" if cfg.perf.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def timed(fn: Callable[[], None], steps: int, warmup: int, device: torch.device, budget: float = 20.0) -> float:
+def timed(fn: Callable[[], None], steps: int, warmup: int, device: torch.device,
+          budget: float = PHASE_SECONDS) -> float:
     """Mean seconds of `fn` over up to `steps` calls after up to `warmup` untimed ones; each phase stops early
     (after one call) once it has taken `budget` seconds, so a slow setting (a large batch on a CPU) probes in
     about 2 x `budget`."""
@@ -162,7 +164,7 @@ def report(sweep: Sweep) -> Iterator[str]:
     rows = estimate(sweep)
     gpus = sweep.spec.resources.gpus_per_trial
     yield (f"estimate for sweep {sweep.name} (probe per setting: up to 5 timed steps after up to 2 warm-up "
-           f"steps, each phase cut at 20 s):")
+           f"steps, each phase cut at {PHASE_SECONDS:g} s):")
     yield f"{'s/iteration':>12}  {'s/eval batch':>12}  {'trials':>7}  {'hours':>9}  device  setting"
     for r in rows:
         yield (f"{r.s_per_iteration:12.4g}  {r.s_per_eval_batch:12.4g}  {r.trials:7d}  {r.seconds / 3600:9.3f}  "

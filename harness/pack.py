@@ -52,6 +52,14 @@ def packs(cfgs: list[TrialConfig], size: int) -> list[list[int]]:
     return out
 
 
+def jobs(points: list, size: int) -> list[list]:
+    """Sweep points (harness.grid.Point) as the jobs one process each trains: one point each at size 1, else
+    packs of at most `size` (`packs`)."""
+    if size == 1:
+        return [[p] for p in points]
+    return [[points[i] for i in idx] for idx in packs([p.cfg for p in points], size)]
+
+
 def check_packable(cfgs: list[TrialConfig]) -> None:
     """ConfigError naming the first setting that keeps these trials out of one pack."""
     first = flatten(cfgs[0].model_dump(mode="json"), keep=is_free)

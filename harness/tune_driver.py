@@ -146,13 +146,9 @@ def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Option
         if not ray.is_initialized():
             init_ray(address, num_cpus, num_gpus, node_ip)
         r = sweep.spec.resources
-        size = pack_size(sweep, todo)
-        if size == 1:
-            jobs = {j: [p] for j, p in enumerate(todo)}
-        else:
-            from harness.pack import packs
+        from harness.pack import jobs as pack_jobs
 
-            jobs = {j: [todo[i] for i in idx] for j, idx in enumerate(packs([p.cfg for p in todo], size))}
+        jobs = dict(enumerate(pack_jobs(todo, pack_size(sweep, todo))))
         trainable = tune.with_resources(
             partial(tune_trial, jobs={j: [p.cfg for p in ps] for j, ps in jobs.items()}, out=str(out),
                     workers=r.workers_per_trial, cwd=os.getcwd()),

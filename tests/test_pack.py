@@ -11,7 +11,7 @@ from harness import data as data_mod
 from harness.config import parse_trial
 from harness.errors import ConfigError
 from harness.metrics import FIELDS
-from harness.pack import check_packable, packs, probe
+from harness.pack import check_packable, jobs, packs, probe
 from harness.stacked_engine import StackedSGD
 from harness.grid import set_dotted
 from harness.train import run_pack, run_trial
@@ -71,6 +71,15 @@ def test_packs_group_trials_that_differ_only_in_free_keys(trial_dict):
                    {"optim.lr": 0.03, "warmup.length": 4})
     assert packs(cfgs, 2) == [[0, 1], [3], [2]]
     assert packs(cfgs, 8) == [[0, 1, 3], [2]]
+
+
+def test_jobs_are_single_points_at_size_one_else_packs(trial_dict):
+    from harness.grid import Point
+
+    cfgs = members(trial_dict, {"optim.lr": 0.01}, {"model.name": "vgg11"}, {"optim.lr": 0.02, "seed": 1})
+    points = [Point(i, {}, c, {}) for i, c in enumerate(cfgs)]
+    assert [[p.index for p in job] for job in jobs(points, 1)] == [[0], [1], [2]]  # in sweep order
+    assert [[p.index for p in job] for job in jobs(points, 2)] == [[0, 2], [1]]  # packs(): by shared settings
 
 
 @pytest.mark.parametrize("variant, message", [

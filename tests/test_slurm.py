@@ -90,9 +90,9 @@ SIGNALLED = 1000  # iterations of batch 10 (~5 s on CI's machine, where 240 once
 # trial is still running when a signal sent once it has passed iteration 16 lands
 
 
-def start_long_trial(trial_dict, tmp_path, iterations=SIGNALLED):
+def start_long_trial(trial_dict, tmp_path):
     """Submit one trial without waiting; return (job id, sweep path, out) once it has a checkpoint at >= 16."""
-    trial_dict["budget"] = {"iterations": iterations}
+    trial_dict["budget"] = {"iterations": SIGNALLED}
     trial_dict["data"].update(train_subset=200, test_subset=50, batch_size=10)
     trial_dict["eval"]["every"] = 16
     path = write_sweep(tmp_path, trial_dict)

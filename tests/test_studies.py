@@ -9,7 +9,8 @@ from analysis.studies import STUDIES
 from harness.grid import in_order
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
-YAMLS = sorted(SWEEPS.glob("*.yaml")) + sorted(p for sub in ("reduced", "claims", "gpu") for p in (SWEEPS / sub).glob("*.yaml"))
+YAMLS = sorted(SWEEPS.glob("*.yaml")) + sorted(p for sub in ("reduced", "claims", "gpu")
+                                              for p in (SWEEPS / sub).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(SWEEPS)))
