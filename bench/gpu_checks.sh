@@ -8,7 +8,8 @@
 #   analysis    the analyses' speed (bench/analysis_speed.py)
 #   s3          S3 at paper scale, 30 epochs (sweeps/gpu/s3_30ep.yaml) and its report; LOGDIR/s3.tar.gz
 #   s3fp32      its large-batch runs in fp32 without compile (sweeps/gpu/s3_30ep_fp32.yaml); LOGDIR/s3fp32.tar.gz
-# Usage: bash bench/gpu_checks.sh LOGDIR [STEP...]   (default: every step but s3, in the order above)
+#   s3bn        S3 as in s3 with BN in VGG-11 (sweeps/gpu/s3_30ep_bn.yaml) and its report; LOGDIR/s3bn.tar.gz
+# Usage: bash bench/gpu_checks.sh LOGDIR [STEP...]   (default: tests vgg16 others profile analysis)
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-runs/gpu}
@@ -39,6 +40,9 @@ for s in $steps; do
         tar czf "$out/s3.tar.gz" --exclude=ckpt --exclude=.tune -C runs s3_gpu_30ep ;;
     s3fp32) run s3fp32 300 python3 bench/sweep_one_gpu.py sweeps/gpu/s3_30ep_fp32.yaml --out runs
             tar czf "$out/s3fp32.tar.gz" --exclude=ckpt -C runs s3_gpu_30ep_fp32 ;;
-    *) echo "unknown step $s (expected tests vgg16 others profile analysis s3 s3fp32)"; exit 2 ;;
+    s3bn) run s3bn 300 python3 bench/sweep_one_gpu.py sweeps/gpu/s3_30ep_bn.yaml --out runs
+          run s3bn 120 python3 -m heurbench.cli report runs/s3_gpu_30ep_bn --inputs 2000
+          tar czf "$out/s3bn.tar.gz" --exclude=ckpt --exclude=.tune -C runs s3_gpu_30ep_bn ;;
+    *) echo "unknown step $s (expected tests vgg16 others profile analysis s3 s3fp32 s3bn)"; exit 2 ;;
     esac
 done
