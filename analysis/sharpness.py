@@ -137,7 +137,7 @@ def sharpness(ckpts: Mapping[str, dict[str, Any]], train: Batches, method: str =
     """Per checkpoint (id -> dict), BN statistics first recomputed on `train` (stored ones may be stale, the
     defaults at iteration 0): rows ckpt, epoch, iteration, top_eigenvalue (`top_eigenvalue` with iters, tol;
     and trace, trace_stderr if probes)."""
-    rows = []
+    rows, progress = [], Progress(len(ckpts), "sharpness: checkpoints", every_s=30.0)
     for ckpt_id, ckpt in ckpts.items():
         model = build_model(ckpt, device)
         update_bn(model, train)
@@ -146,4 +146,5 @@ def sharpness(ckpts: Mapping[str, dict[str, Any]], train: Batches, method: str =
         if probes:
             row["trace"], row["trace_stderr"] = hutchinson_trace(model, train, probes, seed)
         rows.append(row)
+        progress.step()
     return pd.DataFrame(rows)
