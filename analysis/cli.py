@@ -22,7 +22,7 @@ from analysis.frequency import frequency
 from analysis.geometry import PAIRS, geometry, segments
 from analysis.landscape import plane
 from analysis.loading import Checkpoints
-from analysis.sharpness import ITERS, TOL, sharpness
+from analysis.sharpness import BN_MODES, ITERS, TOL, sharpness
 from analysis.swa import swa_rows
 
 
@@ -83,9 +83,9 @@ def run_plane(a: argparse.Namespace, cs: Checkpoints) -> None:
 
 def run_sharpness(a: argparse.Namespace, cs: Checkpoints) -> None:
     train = cs.batches("train", a.train_images)
-    df = sharpness(cs.by_id(), train, a.method, a.iters, a.tol, a.probes, a.seed, cs.device)
+    df = sharpness(cs.by_id(), train, a.method, a.iters, a.tol, a.probes, a.seed, cs.device, a.bn)
     written = cs.write_each("sharpness", df, ["ckpt"], method=a.method, iters=a.iters, tol=a.tol, probes=a.probes,
-                            images=len(train))
+                            images=len(train), bn=a.bn)
     df = df.assign(trial=df.ckpt.str.split("/").str[0]).sort_values(["trial", "iteration"])
     print(df.to_string(index=False))
     plots.lines(df, "iteration", "top_eigenvalue", cs.run.figure_of(written[-1], "vs-iteration"), by=["trial"])
@@ -174,6 +174,8 @@ def _configure_sharpness(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tol", type=float, default=TOL,
                    help="relative tolerance: Lanczos stops once the top Ritz residual is below tol x its value")
     p.add_argument("--probes", type=int, default=0, help="Hutchinson probes for the Hessian trace (0: skip)")
+    p.add_argument("--bn", choices=BN_MODES, default="running",
+                   help="BN in the loss: its running statistics (eval mode) or each batch's own, as in training")
 
 
 def _configure_geometry(p: argparse.ArgumentParser) -> None:

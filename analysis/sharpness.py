@@ -1,14 +1,17 @@
 """Sharpness of the training loss: top Hessian eigenvalue (Lanczos or power iteration), Hutchinson trace.
 
 Everything works through Hessian-vector products (Pearlmutter 1994) of the mean loss over a
-fixed batch set, in eval mode (BN uses its running statistics, dropout is off), so the
-Hessian is that of one deterministic function of the weights.
+fixed batch set with dropout off, so the Hessian is that of one deterministic function of the weights.
+`bn` says which function: "running" (eval mode: BN uses its running statistics) or "batch" (BN normalises
+each batch by its own statistics, as in the training loss SGD follows; the 2 / eta stability limit is
+about that loss, and with BN the two Hessians can differ by a large factor).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 import torch
@@ -20,6 +23,7 @@ from analysis.loading import build_model
 from analysis.progress import Progress
 
 log = logging.getLogger("heurbench.analysis")
+BN_MODES = ("running", "batch")
 
 
 def hessian_vector_product(model: nn.Module, batches: Batches,
@@ -46,11 +50,25 @@ def _trainable(model: nn.Module) -> Tensor:
     return torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
 
 
+@contextlib.contextmanager
+def _fixed_loss(model: nn.Module, bn: str) -> Iterator[nn.Module]:
+    """The model with dropout off and BN as `bn` says (module docstring), given back as it was after."""
+    if bn not in BN_MODES:
+        raise ValueError(f"bn: expected one of {', '.join(BN_MODES)}, got {bn!r}")
+    with restored(model):
+        model.eval()
+        if bn == "batch":
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+        yield model
+
+
 ITERS, TOL = 100, 1e-4  # defaults: within 1e-8 of the exact top eigenvalue on the nets of tests/test_sharpness.py
 
 
 def top_eigenvalue(model: nn.Module, batches: Batches, method: str = "lanczos", iters: int = ITERS,
-                   tol: float = TOL, seed: int = 0, loss_fn: LossFn = F.cross_entropy) -> float:
+                   tol: float = TOL, seed: int = 0, loss_fn: LossFn = F.cross_entropy, bn: str = "running") -> float:
     """Largest Hessian eigenvalue of the training loss over `batches`, from a seeded random start.
 
     "lanczos" (the largest algebraic eigenvalue): Lanczos with full reorthogonalisation, stopped when the
@@ -62,8 +80,7 @@ def top_eigenvalue(model: nn.Module, batches: Batches, method: str = "lanczos", 
     """
     if method not in ("lanczos", "power"):
         raise ValueError(f"unknown method {method!r}; expected 'lanczos' or 'power'")
-    with restored(model):
-        model.eval()
+    with _fixed_loss(model, bn):
         hvp, like = hessian_vector_product(model, batches, loss_fn), _trainable(model)
         v = torch.randn(like.numel(), generator=torch.Generator().manual_seed(seed)).to(like)
         v /= v.norm()
@@ -110,10 +127,9 @@ def _lanczos(hvp: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float)
 
 
 def hutchinson_trace(model: nn.Module, batches: Batches, probes: int = 100, seed: int = 0,
-                     loss_fn: LossFn = F.cross_entropy) -> tuple[float, float]:
+                     loss_fn: LossFn = F.cross_entropy, bn: str = "running") -> tuple[float, float]:
     """Hutchinson estimate of tr(H) with Rademacher probes: (mean of v^T H v, its standard error)."""
-    with restored(model):
-        model.eval()
+    with _fixed_loss(model, bn):
         hvp, like = hessian_vector_product(model, batches, loss_fn), _trainable(model)
         generator = torch.Generator().manual_seed(seed)
         samples = []
@@ -133,18 +149,19 @@ def _number(ckpt: dict[str, Any], key: str) -> float:
 
 
 def sharpness(ckpts: Mapping[str, dict[str, Any]], train: Batches, method: str = "lanczos", iters: int = ITERS,
-              tol: float = TOL, probes: int = 0, seed: int = 0, device: str | torch.device = "cpu") -> pd.DataFrame:
+              tol: float = TOL, probes: int = 0, seed: int = 0, device: str | torch.device = "cpu",
+              bn: str = "running") -> pd.DataFrame:
     """Per checkpoint (id -> dict), BN statistics first recomputed on `train` (stored ones may be stale, the
-    defaults at iteration 0): rows ckpt, epoch, iteration, top_eigenvalue (`top_eigenvalue` with iters, tol;
+    defaults at iteration 0): rows ckpt, epoch, iteration, top_eigenvalue (`top_eigenvalue` with iters, tol, bn;
     and trace, trace_stderr if probes)."""
     rows, progress = [], Progress(len(ckpts), "sharpness: checkpoints", every_s=30.0)
     for ckpt_id, ckpt in ckpts.items():
         model = build_model(ckpt, device)
         update_bn(model, train)
         row = {"ckpt": ckpt_id, "epoch": _number(ckpt, "epoch"), "iteration": _number(ckpt, "iteration"),
-               "top_eigenvalue": top_eigenvalue(model, train, method, iters, tol, seed)}
+               "top_eigenvalue": top_eigenvalue(model, train, method, iters, tol, seed, bn=bn)}
         if probes:
-            row["trace"], row["trace_stderr"] = hutchinson_trace(model, train, probes, seed)
+            row["trace"], row["trace_stderr"] = hutchinson_trace(model, train, probes, seed, bn=bn)
         rows.append(row)
         progress.step()
     return pd.DataFrame(rows)

@@ -110,9 +110,11 @@ def test_connect_plane_and_projection(sweep, capsys):
 @pytest.mark.slow
 def test_sharpness_geometry_swa_frequency(sweep, capsys):
     root, p = sweep
-    run("sharpness", p["e1"], "--iters", 3, "--probes", 2, "--train-images", 32)
+    for bn in ("running", "batch"):
+        run("sharpness", p["e1"], "--iters", 3, "--probes", 2, "--train-images", 32, "--bn", bn)
     sharp = results.read(root, "sharpness")
     assert {"top_eigenvalue", "trace", "trace_stderr", "epoch"} <= set(sharp.columns)
+    assert sorted(sharp.bn) == ["batch", "running"]  # one part each: the BN mode keys the result
     run("geometry", p["e1"], p["e2"], p["e3"], "--pairs", "first", "--barrier", "--t-points", 3)
     geo = results.read(root, "geometry")
     assert set(geo["group"]) == {"all", "features", "fc_stack"} and len(geo) == 2 * 3

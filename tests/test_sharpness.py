@@ -1,4 +1,6 @@
 """analysis.sharpness against the exact Hessian of a tiny MLP (torch.autograd.functional.hessian)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -74,6 +76,43 @@ def test_default_top_eigenvalue_agrees_with_exact_hessian(problem):
         assert top_eigenvalue(model, data, seed=seed) == pytest.approx(exact, rel=1e-3)
     if problem is mlp_problem:
         assert top_eigenvalue(model, data, iters=5) < (1 - 1e-2) * exact
+
+
+def exact_batch_mode_hessian(model, data):
+    """The Hessian of the loss SGD sees: BN normalised by each batch's own statistics, batches weighted by size."""
+    def loss(vector):
+        weights, total = unflatten(model, vector), 0.0
+        for i in range(0, len(data), data.batch_size):
+            x, y = data.inputs[i:i + data.batch_size], data.labels[i:i + data.batch_size]
+            total = total + nn.functional.cross_entropy(functional_call(model, weights, (x,)), y) * len(y) / len(data)
+        return total
+
+    model.train()  # a copy: its running statistics move
+    return torch.autograd.functional.hessian(loss, param_vector(model).double())
+
+
+def test_batch_statistics_mode_matches_exact_hessian_and_differs_from_running():
+    model, data = conv_problem()  # two batches, 64 and 36 points
+    exact = float(torch.linalg.eigvalsh(exact_batch_mode_hessian(copy.deepcopy(model), data))[-1])
+    running = {name: value.clone() for name, value in model[1].named_buffers()}
+    got = top_eigenvalue(model, data, bn="batch", tol=1e-10, iters=279)
+    assert got == pytest.approx(exact, rel=1e-6)
+    assert top_eigenvalue(model, data, bn="running") != pytest.approx(got, rel=1e-2)
+    assert hutchinson_trace(model, data, probes=2, bn="batch")[0] != hutchinson_trace(model, data, probes=2)[0]
+    assert not model.training and not model[1].training  # left as found, running statistics untouched
+    for name, value in model[1].named_buffers():
+        torch.testing.assert_close(value, running[name])
+
+
+def test_batch_mode_is_running_mode_without_bn():
+    model, data = tiny_problem()
+    assert top_eigenvalue(model, data, bn="batch") == pytest.approx(top_eigenvalue(model, data), rel=1e-12)
+
+
+def test_unknown_bn_mode_is_a_one_line_error():
+    model, data = tiny_problem()
+    with pytest.raises(ValueError, match="bn: expected one of running, batch, got 'train'"):
+        top_eigenvalue(model, data, bn="train")
 
 
 def test_unconverged_lanczos_says_so(caplog):
