@@ -102,7 +102,7 @@ def lines(df: pd.DataFrame, x: str, y: str, path: str | Path, by: Sequence[str] 
     ax.set_title(title, fontsize=9)
     if logy:
         ax.set_yscale("log")
-    if by or over is not None:
+    if ax.get_legend_handles_labels()[0]:  # a line with a label (one unlabelled line needs no legend)
         ax.legend(fontsize=7, title=", ".join(by), title_fontsize=7)
     return _save(fig, path)
 
