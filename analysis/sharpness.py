@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analysis.evaluation import Batches, LossFn, device_of, restored, update_bn
+from analysis.evaluation import Batches, LossFn, batchnorms, device_of, restored, update_bn
 from analysis.loading import build_model
 from analysis.progress import Progress
 
@@ -51,16 +51,14 @@ def _trainable(model: nn.Module) -> Tensor:
 
 
 @contextlib.contextmanager
-def _fixed_loss(model: nn.Module, bn: str) -> Iterator[nn.Module]:
+def _fixed_loss(model: nn.Module, batches: Batches, bn: str) -> Iterator[nn.Module]:
     """The model with dropout off and BN as `bn` says (module docstring), given back as it was after."""
     if bn not in BN_MODES:
         raise ValueError(f"bn: expected one of {', '.join(BN_MODES)}, got {bn!r}")
     with restored(model):
         model.eval()
-        if bn == "batch":
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.train()
+        for m in batchnorms(model, batches) if bn == "batch" else ():
+            m.train()
         yield model
 
 
@@ -80,7 +78,7 @@ def top_eigenvalue(model: nn.Module, batches: Batches, method: str = "lanczos", 
     """
     if method not in ("lanczos", "power"):
         raise ValueError(f"unknown method {method!r}; expected 'lanczos' or 'power'")
-    with _fixed_loss(model, bn):
+    with _fixed_loss(model, batches, bn):
         hvp, like = hessian_vector_product(model, batches, loss_fn), _trainable(model)
         v = torch.randn(like.numel(), generator=torch.Generator().manual_seed(seed)).to(like)
         v /= v.norm()
@@ -129,7 +127,7 @@ def _lanczos(hvp: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float)
 def hutchinson_trace(model: nn.Module, batches: Batches, probes: int = 100, seed: int = 0,
                      loss_fn: LossFn = F.cross_entropy, bn: str = "running") -> tuple[float, float]:
     """Hutchinson estimate of tr(H) with Rademacher probes: (mean of v^T H v, its standard error)."""
-    with _fixed_loss(model, bn):
+    with _fixed_loss(model, batches, bn):
         hvp, like = hessian_vector_product(model, batches, loss_fn), _trainable(model)
         generator = torch.Generator().manual_seed(seed)
         samples = []
@@ -151,13 +149,14 @@ def _number(ckpt: dict[str, Any], key: str) -> float:
 def sharpness(ckpts: Mapping[str, dict[str, Any]], train: Batches, method: str = "lanczos", iters: int = ITERS,
               tol: float = TOL, probes: int = 0, seed: int = 0, device: str | torch.device = "cpu",
               bn: str = "running") -> pd.DataFrame:
-    """Per checkpoint (id -> dict), BN statistics first recomputed on `train` (stored ones may be stale, the
-    defaults at iteration 0): rows ckpt, epoch, iteration, top_eigenvalue (`top_eigenvalue` with iters, tol, bn;
-    and trace, trace_stderr if probes)."""
+    """Per checkpoint (id -> dict), for bn "running" BN statistics first recomputed on `train` (stored ones may be
+    stale, the defaults at iteration 0): rows ckpt, epoch, iteration, top_eigenvalue (`top_eigenvalue` with iters,
+    tol, bn; and trace, trace_stderr if probes)."""
     rows, progress = [], Progress(len(ckpts), "sharpness: checkpoints", every_s=30.0)
     for ckpt_id, ckpt in ckpts.items():
         model = build_model(ckpt, device)
-        update_bn(model, train)
+        if bn == "running":  # batch mode never reads them
+            update_bn(model, train)
         row = {"ckpt": ckpt_id, "epoch": _number(ckpt, "epoch"), "iteration": _number(ckpt, "iteration"),
                "top_eigenvalue": top_eigenvalue(model, train, method, iters, tol, seed, bn=bn)}
         if probes:
