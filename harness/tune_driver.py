@@ -7,13 +7,15 @@ DDP trials go through `heurbench slurm submit`). Ray is imported only when a swe
 The driver holds the sweep's lock (harness.lock) for the whole sweep: a second driver on the same
 folder waits `wait` seconds for it, then is refused with one line naming the holder.
 A local Ray cluster's node is 127.0.0.1 (every port it opens listens on loopback only) unless the user names
-another node IP. Tune retries a trial whose process or node died up to `TRIAL_RETRIES` times; the retry resumes
-from the trial's last.pt.
+another node IP. Tune retries a trial whose process, DDP rank or node died up to `TRIAL_RETRIES` times; the retry
+resumes from the trial's last.pt. A trial that raised is not retried (it would fail the same way): its status
+says `failed` and why.
 """
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from functools import partial
 from pathlib import Path
@@ -27,19 +29,30 @@ from harness.runner import log_to_stderr, run_job
 log = logging.getLogger("heurbench.sweep")
 
 LOOPBACK = "127.0.0.1"
-# Tune's max_failures: a trial whose process or node died runs again, at most this many times, resuming from its
-# last.pt (a trial that raised is retried too, and fails again)
+# Tune's max_failures: a trial whose process, DDP rank or node died runs again, at most this many times, resuming
+# from its last.pt
 TRIAL_RETRIES = 2
 
 
 def tune_trial(config: dict, jobs: dict, out: str, workers: int, cwd: str) -> None:
-    """The Tune trainable: run job `config['job']` (its points' configs) from the driver's folder; report states."""
+    """The Tune trainable: run job `config['job']` (its points' configs) from the driver's folder; report states.
+
+    An exception the training raised in this process ends the Tune trial normally (logged; run_job has marked its
+    points failed), so Tune does not retry it; a DDP rank's death (torchrun's CalledProcessError) propagates, and
+    Tune retries it like a lost process."""
     from ray import tune
 
     os.chdir(cwd)  # Tune starts trials in their own folder; relative data paths mean the driver's
     log_to_stderr()
-    states = run_job(jobs[config["job"]], Path(out), workers)
-    tune.report({"states": ",".join(states)})
+    try:
+        states = ",".join(run_job(jobs[config["job"]], Path(out), workers))
+    except subprocess.CalledProcessError:
+        raise
+    except Exception:
+        log.exception("sweep %s: job %d raised (not retried: it would fail the same way)", Path(out).name,
+                      config["job"])
+        states = "raised"
+    tune.report({"states": states})
 
 
 def progress_callback(sweep: Sweep, out: Path, jobs: dict[int, list[Point]], total: int, already: int):

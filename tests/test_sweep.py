@@ -234,6 +234,18 @@ def test_a_crashing_trial_is_marked_failed(trial_dict, tmp_path):
     assert status["state"] == "failed" and "no such file" in status["reason"]
 
 
+@pytest.mark.slow
+def test_a_trial_that_raises_in_a_sweep_is_not_retried(trial_dict, tmp_path, ray_address):
+    trial_dict["data"]["root"] = str(tmp_path / "nowhere")
+    path = write_sweep(tmp_path, trial_dict, seeds=[0])
+    r = subprocess.run(sweep_cmd(path, tmp_path / "runs", ray_address), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert r.stderr.count("raised (not retried") == 1 and "retry 1/" not in r.stderr, r.stderr[-3000:]
+    assert "1/1 finished (1 failed)" in r.stderr
+    (status,) = statuses(tmp_path / "runs" / "s").values()
+    assert status["state"] == "failed" and "no such file" in status["reason"]
+
+
 def test_tag_columns_give_each_column_one_type_across_points():
     cols = tag_columns([{"lr": 1, "warmup": None, "bn": True, "mix": "a"},
                         {"lr": 0.5, "warmup": {"length": 20}, "bn": False, "mix": 3},
