@@ -173,3 +173,6 @@ def report(sweep: Sweep) -> Iterator[str]:
     longest = max((r.longest for r in rows), default=0.0)
     yield (f"total: {hours:.3f} trial-hours, {hours * gpus:.3f} GPU-hours at {gpus:g} GPU per trial; "
            f"SLURM --time={hms(longest * SLURM_MARGIN)} per trial (the longest, x{SLURM_MARGIN:g})")
+    if gpus > 0 and any(r.device.startswith("cpu") for r in rows):
+        yield ("note: probed on this machine's CPU, but the trials ask for GPUs: the hours above are CPU hours "
+               "(an upper bound); run the estimate on a GPU node for GPU-hours")

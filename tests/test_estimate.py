@@ -40,6 +40,9 @@ def test_report_prints_the_table_and_the_total(sweep, monkeypatch):
     fixed = {50: (0.01, 0.002), 100: (0.02, 0.003)}
     monkeypatch.setattr(est, "probe", lambda cfg, device, steps=5: fixed[cfg.data.batch_size])
     lines = list(report(sweep))
+    on_cpu = not torch.cuda.is_available()  # the sweep asks for 0.5 GPU per trial
+    assert lines[-1].startswith("note: probed on this machine's CPU") == on_cpu
+    lines = lines[:-1] if on_cpu else lines
     seconds = 2 * (16 * 0.01 + 2 * 0.002) * 2 + 2 * (16 * 0.02 + 2 * 0.003) + 2 * (8 * 0.02 + 1 * 0.003)
     assert lines[-1].startswith(f"total: {seconds / 3600:.3f} trial-hours, {seconds / 3600 * 0.5:.3f} GPU-hours")
     assert f"--time={hms((16 * 0.02 + 2 * 0.003) * SLURM_MARGIN)}" in lines[-1]
