@@ -136,7 +136,7 @@ def judge(claim: Claim, frame: pd.DataFrame) -> dict:
     values = pd.Series(dtype=float) if missing else claim.per_seed(frame)
     stats = interval(values)
     verdict = Rule.verdict(claim.rule, stats["lo"], stats["hi"])
-    note = (f"not in this sweep: {', '.join(missing)}" if missing else
+    note = (f"nothing in this sweep gives: {', '.join(missing)}" if missing else
             f"{stats['n']} seed(s) with a value; an interval needs 2" if stats["n"] < 2 else "")
     return {"study": claim.study, "claim": claim.id, "statement": claim.statement, "statistic": claim.statistic,
             "rule": str(claim.rule), "seeds": stats["n"], "mean": stats["mean"], "ci_lo": stats["lo"],

@@ -85,7 +85,7 @@ def test_one_seed_or_a_missing_setting_is_inconclusive_with_a_note():
     assert one["verdict"] == "inconclusive" and one["seeds"] == 1 and one["mean"] == pytest.approx(0.8)
     assert "an interval needs 2" in one["note"] and math.isnan(one["ci_lo"])
     missing = claims.judge(Claim("t", "c", "", "", ("a", "zzz"), above(0.0)), frame([0.9, 0.8], [0.1, 0.2]))
-    assert missing["verdict"] == "inconclusive" and missing["note"] == "not in this sweep: zzz"
+    assert missing["verdict"] == "inconclusive" and missing["note"] == "nothing in this sweep gives: zzz"
 
 
 def test_a_custom_statistic_and_a_single_column():

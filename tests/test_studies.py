@@ -164,7 +164,7 @@ def test_claims_table_of_a_study_from_a_synthetic_metrics_frame(trial_dict, tmp_
         assert got.loc[claim, ["ci_lo", "ci_hi"]].tolist() == pytest.approx([lo, hi], abs=1e-3), claim
         assert got.loc[claim, "verdict"] == verdict and got.loc[claim, "seeds"] == 3
     assert got.loc["swa_on_sgdr", "verdict"] == "inconclusive"
-    assert got.loc["swa_on_sgdr", "note"].startswith("not in this sweep")
+    assert got.loc["swa_on_sgdr", "note"].startswith("nothing in this sweep gives")
     assert md.index("## Final test accuracy per schedule") < md.index("## Claims")  # the study's last section
     assert re.search(r"\| cosine_beats_step +\|.*\| held +\|", md[md.index("## Claims"):])
 
