@@ -4,8 +4,9 @@ Above the critical LR eta_c ~ 2 / sharpness, the component of the weights along 
 direction grows each step, and within a few steps the loss goes up (the catapult). `catapult_lr`
 raises the LR geometrically from `start`; for each LR it takes `steps` optimizer steps from the
 initial weights on one fixed batch and returns the first LR at which that batch's loss rises above
-its starting value. Warmup then starts there instead of at 0 (`warmup.eta_init: catapult`); if no
-LR below the target spikes, warmup is not needed and the target is returned.
+its starting value. Warmup then starts there instead of at 0 (`warmup.eta_init: catapult`: the warmup
+heuristic's probe, on the first global batch, the same on every DDP rank); if no LR below the target
+spikes, warmup is not needed and the target is returned.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import data as data_mod, optim
-from harness.config import OptimCfg, TrialConfig
+from harness import optim
+from harness.config import OptimCfg
 
 log = logging.getLogger("heurbench.train")
 
@@ -58,13 +59,3 @@ def catapult_lr(model: nn.Module, opt_cfg: OptimCfg, x: torch.Tensor, y: torch.T
         model.zero_grad(set_to_none=True)
     log.info("loss catapult: eta_init = %.4g (loss %.4f at init; target %.4g)", found, loss0, target)
     return found
-
-
-def eta_init(cfg: TrialConfig, model: nn.Module, ds: data_mod.Dataset, spe: int) -> float:
-    """warmup.eta_init as a number: the configured one, or for `catapult` the probed LR on the first global batch
-    (every DDP rank probes the same batch, so all agree)."""
-    if cfg.warmup.eta_init != "catapult":
-        return cfg.warmup.eta_init
-    plan = data_mod.plan_epoch(ds, cfg.seed, 0, spe, cfg.data.batch_size, cfg.data.augment)
-    x, y = data_mod.train_batch(ds, plan, 0)
-    return catapult_lr(model, cfg.optim, x, y, cfg.optim.lr)

@@ -17,6 +17,7 @@ no grid point.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -24,10 +25,10 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from harness.errors import ConfigError
-from harness.registry import known  # the registered names, without torch (harness/registry.py)
+from harness.registry import import_plugins, register  # names known without torch (harness/registry.py)
 
 Unit = Literal["epoch", "iteration"]
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -45,7 +46,13 @@ Scalar = Union[bool, int, float, str, None]
 
 
 class Strict(BaseModel):
+    """Every config section: unknown keys, NaN and infinities are errors. A plug-in's options subclass it."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def known(kind: str):
+    """A field validator: the value must name a registered `kind` component (harness.registry)."""
+    return field_validator("name")(classmethod(lambda cls, v: register.known(kind, v)))
 
 
 class ModelCfg(Strict):
@@ -57,10 +64,7 @@ class ModelCfg(Strict):
     width: float = Field(1.0, gt=0, description="width multiplier of VGG, ResNet and the student CNN (reduced-scale studies)")
     init_from: Optional[str] = Field(None, description="checkpoint (path or @sweep:point:file) whose weights start the run")
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return known("model", v)
+    _known = known("model")
 
 
 class DataCfg(Strict):
@@ -73,14 +77,11 @@ class DataCfg(Strict):
     batch_size: int = Field(100, gt=0, description="global batch, split across DDP ranks")
     eval_batch_size: int = Field(1000, gt=0)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return known("data set", v)
+    _known = known("dataset")
 
     @model_validator(mode="after")
     def _root_needed(self):
-        if self.name != "digits" and not self.root:
+        if self.name in ("cifar10", "cifar100", "parquet") and not self.root:
             raise ValueError(f"data.root is required for data.name={self.name!r} (a folder path)")
         return self
 
@@ -94,10 +95,7 @@ class OptimCfg(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return known("optimizer", v)
+    _known = known("optimizer")
 
 
 class ScheduleCfg(Strict):
@@ -110,10 +108,7 @@ class ScheduleCfg(Strict):
     eta_min: float = Field(0.0, ge=0, description="floor of linear, cosine and sgdr")
     eta_max: Optional[float] = Field(None, gt=0, description="sgdr peak; defaults to optim.lr")
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return known("schedule", v)
+    _known = known("schedule")
 
     @field_validator("milestones")
     @classmethod
@@ -189,16 +184,57 @@ class PerfCfg(Strict):
         False, description="torch.compile mode; reduce-overhead uses CUDA graphs (static shapes)")
 
 
+# the sections that name a component, and its kind: a plug-in component adds its own fields to its section
+COMPONENT_SECTIONS = {"model": "model", "data": "dataset", "optim": "optimizer", "schedule": "schedule"}
+SECTION_CLASS = {"model": ModelCfg, "data": DataCfg, "optim": OptimCfg, "schedule": ScheduleCfg}
+BUILTIN_HEURISTIC_SECTIONS = ("warmup", "freeze", "distill")  # a built-in heuristic's options: its own section
+
+
+@functools.lru_cache(maxsize=None)
+def with_options(base: type[Strict], options: Optional[type[BaseModel]]) -> type[Strict]:
+    """The section schema of a plug-in component: the section's common fields plus the plug-in's own."""
+    if options is None:
+        return base
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        raise ConfigError(f"{options!r}: a component's options must be a pydantic model (subclass heurbench.Options)")
+    clash = sorted(set(base.model_fields) & set(options.model_fields) - {"name"})
+    if clash:
+        raise ConfigError(f"{options.__module__}.{options.__name__}: fields {clash} clash with the section's own "
+                          f"({base.__name__})")
+    return type(f"{options.__name__}_{base.__name__}", (base, options), {"__module__": options.__module__})
+
+
+def section_schema(section: str, raw: Any) -> type[Strict]:
+    """The schema a component section validates with: its class, extended by a plug-in component's options (the
+    class alone for built-ins, for unknown names, which its name check reports, and for other values)."""
+    base = SECTION_CLASS[section]
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        return base
+    try:
+        return with_options(base, register.options(COMPONENT_SECTIONS[section], raw["name"]))
+    except ValueError:
+        return base
+
+
+def describe(err: ValidationError, prefix: tuple = ()) -> str:
+    """`format_error` without the source: the first error, its location under `prefix`."""
+    return format_error(err, "", prefix).removeprefix(": ")
+
+
 class TrialConfig(Strict):
     name: str = "trial"
     seed: int = Field(0, ge=0)
-    model: ModelCfg
-    data: DataCfg
-    optim: OptimCfg
-    schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)
+    plugins: list[str] = Field(default_factory=list, description="modules to import first (plug-ins: next to the "
+                                                                 "YAML or on PYTHONPATH)")
+    model: SerializeAsAny[ModelCfg]
+    data: SerializeAsAny[DataCfg]
+    optim: SerializeAsAny[OptimCfg]
+    schedule: SerializeAsAny[ScheduleCfg] = Field(default_factory=ScheduleCfg)
     warmup: WarmupCfg = Field(default_factory=WarmupCfg)
     freeze: FreezeCfg = Field(default_factory=FreezeCfg)
     distill: Optional[DistillCfg] = None
+    heuristics: dict[str, SerializeAsAny[Strict]] = Field(
+        default_factory=dict, description="plug-in heuristics: registered name -> its options")
     budget: BudgetCfg
     eval: EvalCfg = Field(default_factory=EvalCfg)
     checkpoints: CheckpointCfg = Field(default_factory=CheckpointCfg)
@@ -210,6 +246,29 @@ class TrialConfig(Strict):
     def _plain(cls, v: str) -> str:
         return plain_name(v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_sections(cls, raw: Any) -> Any:
+        """Import the config's plug-in modules, then validate each plug-in component's section with its options
+        and each plug-in heuristic's options (their errors name the key under the section)."""
+        if not isinstance(raw, dict):
+            return raw
+        plugins = raw.get("plugins") or []
+        if isinstance(plugins, list) and all(isinstance(m, str) for m in plugins):
+            import_plugins(plugins)
+        out = dict(raw)
+        for section in COMPONENT_SECTIONS:
+            schema = section_schema(section, raw.get(section))
+            if schema is not SECTION_CLASS[section]:
+                try:
+                    out[section] = schema.model_validate(raw[section])
+                except ValidationError as err:
+                    raise ValueError(describe(err, (section,))) from None
+        hs = raw.get("heuristics")
+        if isinstance(hs, dict):
+            out["heuristics"] = {name: heuristic_options(name, value) for name, value in hs.items()}
+        return out
+
     @model_validator(mode="after")
     def _cross_checks(self):
         if self.optim.name == "sphere_sgd" and self.optim.weight_decay:
@@ -220,9 +279,29 @@ class TrialConfig(Strict):
         return self
 
     def trial_id(self) -> str:
-        """Stable id: hash of the resolved config (name excluded so renaming keeps results)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"name"}), sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+        """Stable id: hash of the resolved config (name and plugins excluded, so that renaming keeps results and a
+        module that moved into a package keeps them too; no plug-in heuristics hashes as before they existed)."""
+        d = self.model_dump(mode="json", exclude={"name", "plugins"})
+        if not d["heuristics"]:
+            del d["heuristics"]
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def __reduce__(self):
+        """Pickled as its mapping and validated again when unpickled (a Ray worker, a SLURM job): a plug-in
+        section's schema is made at validation time, and the unpickling process imports the plug-ins itself."""
+        return parse_trial, (self.model_dump(mode="json"), f"trial {self.name!r}")
+
+
+def heuristic_options(name: Any, value: Any) -> BaseModel:
+    """heuristics.<name>: the registered plug-in heuristic's options, validated (a ValueError naming the key)."""
+    if name in BUILTIN_HEURISTIC_SECTIONS:
+        raise ValueError(f"heuristics.{name}: a built-in heuristic; set its own top-level section `{name}:`")
+    register.known("heuristic", name)
+    options = register.options("heuristic", name) or Strict
+    try:
+        return options.model_validate({} if value is None else value)
+    except ValidationError as err:
+        raise ValueError(describe(err, ("heuristics", name))) from None
 
 
 def beyond_budget(cfg: "TrialConfig", unit: str, budget: int) -> None:
@@ -264,12 +343,13 @@ def _strict_models(cls: type = None) -> list[type]:
     return [cls] + [m for sub in cls.__subclasses__() for m in _strict_models(sub)]
 
 
-def format_error(err: ValidationError, source: str) -> str:
+def format_error(err: ValidationError, source: str, prefix: tuple = ()) -> str:
     """First pydantic error as one line: file, dotted key, bad value, expectation. An unknown key is reported
-    before a missing one (a misspelled key is both), with the section's closest field names."""
+    before a missing one (a misspelled key is both), with the section's closest field names. `prefix`: where in
+    the file the validated mapping sits."""
     errors = err.errors()
     e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in (*prefix, *e["loc"])) or "(top level)"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         root = next((m for m in _strict_models() if m.__name__ == err.title), None)
@@ -278,7 +358,7 @@ def format_error(err: ValidationError, source: str) -> str:
         return f"{source}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if e["type"] == "missing":
         return f"{source}: missing required key {key!r}"
-    if not e["loc"]:  # a check across sections: its message names the keys
+    if not e["loc"] and not prefix:  # a check across sections (or a plug-in's section): its message names the keys
         return f"{source}: {msg}"
     return f"{source}: {key} = {e.get('input')!r}: {msg}"
 
@@ -334,7 +414,11 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def load_trial(path: str | Path) -> TrialConfig:
-    return parse_trial(read_yaml(path), str(path))
+    """The trial YAML at `path`; the modules its `plugins:` lists are found next to it first."""
+    raw = read_yaml(path)
+    if isinstance(raw, dict) and isinstance(raw.get("plugins"), list):
+        import_plugins([m for m in raw["plugins"] if isinstance(m, str)], near=Path(path).parent)
+    return parse_trial(raw, str(path))
 
 
 def dump(cfg: BaseModel) -> str:

@@ -13,19 +13,42 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 
 from harness.errors import DataError
-from harness.registry import builders
+from harness.registry import PluginError, register
 from harness.storage import atomic_write
 
 if TYPE_CHECKING:
     from harness.config import DataCfg
 
-Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # (train, test) images and labels
+Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""What a data set builder returns: ((train images, train labels), (test images, test labels)), images uint8
+[N, C, H, W] and labels integers [N] (numpy arrays or CPU tensors); `load` makes the Dataset (subsets, the val
+split, normalisation) the same way for every data set."""
+
+
+def check_arrays(arrays: Any, what: str) -> Arrays:
+    """The data set contract, as a one-line PluginError: (train, test) pairs of uint8 [N, C, H, W] images and
+    [N] integer labels; returned as numpy arrays."""
+    try:
+        (xtr, ytr), (xte, yte) = arrays
+    except (TypeError, ValueError):
+        raise PluginError(f"{what}: returned a {type(arrays).__name__}; expected ((train_images, train_labels), "
+                          f"(test_images, test_labels))") from None
+    out = []
+    for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise PluginError(f"{what}: {split} images are {x.dtype} {list(x.shape)}; expected uint8 [N, C, H, W]")
+        if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
+            raise PluginError(f"{what}: {split} labels are {y.dtype} {list(y.shape)}; expected integers "
+                              f"[{len(x)}]")
+        out.append((x, y.astype(np.int64, copy=False)))
+    return out[0], out[1]
 
 
 @dataclass
@@ -231,13 +254,24 @@ def read_digits() -> Arrays:
     return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
 
 
-# keyed by harness.registry.NAMES["data set"] (what a config may name; checked when this module loads)
-REGISTRY: dict[str, Callable[[Optional[Path]], Arrays]] = builders("data set", {
-    "cifar10": lambda root: read_cifar_folder(root, "cifar10"),
-    "cifar100": lambda root: read_cifar_folder(root, "cifar100"),
-    "parquet": read_parquet_folder,
-    "digits": lambda root: read_digits(),
-})
+@register.dataset("cifar10")
+def cifar10(cfg: DataCfg) -> Arrays:
+    return read_cifar_folder(Path(cfg.root), "cifar10")
+
+
+@register.dataset("cifar100")
+def cifar100(cfg: DataCfg) -> Arrays:
+    return read_cifar_folder(Path(cfg.root), "cifar100")
+
+
+@register.dataset("parquet")
+def parquet(cfg: DataCfg) -> Arrays:
+    return read_parquet_folder(Path(cfg.root))
+
+
+@register.dataset("digits")
+def digits(cfg: DataCfg) -> Arrays:
+    return read_digits()
 
 
 CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}  # data sets whose class count is known
@@ -274,7 +308,8 @@ def load(spec: DataCfg | dict) -> Dataset:
     from harness.config import DataCfg  # a mapping spec (analysis) is checked like a trial's data section
 
     cfg = spec if isinstance(spec, DataCfg) else DataCfg.model_validate(spec)
-    (xtr, ytr), (xte, yte) = REGISTRY[cfg.name](Path(cfg.root) if cfg.root else None)
+    entry = register.get("dataset", cfg.name)
+    (xtr, ytr), (xte, yte) = check_arrays(entry.obj(cfg), f"data set {entry.name!r} ({entry.module})")
     num_classes = check_labels(cfg, ytr, yte)
     train = Split(torch.from_numpy(xtr), torch.from_numpy(ytr))
     test = Split(torch.from_numpy(xte), torch.from_numpy(yte)).head(cfg.test_subset)

@@ -1,8 +1,7 @@
-"""Knowledge-distillation loss (Hinton et al. 2015), the teacher it needs, and the training loss a trial uses."""
+"""Knowledge distillation (Hinton et al. 2015) as a heuristic: the KD loss and the teacher it needs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +9,9 @@ from torch import nn
 
 from harness.checkpoints import load_model
 from harness.config import DistillCfg
+from harness.heuristics import Context, Heuristic
 from harness.layout import RunDir
+from harness.registry import register
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -37,23 +38,15 @@ def load_teacher(cfg: DistillCfg, out: Path, device) -> nn.Module:
     return model
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, inputs, labels) -> loss
+@register.heuristic("distill", options=DistillCfg)
+class Distill(Heuristic):
+    """The KD loss against the frozen teacher's logits on the same inputs, in place of the cross-entropy."""
 
+    def __init__(self, options: DistillCfg, ctx: Context):
+        super().__init__(options, ctx)
+        self.teacher = load_teacher(options, ctx.out, ctx.device)
 
-def cross_entropy(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), y)
-
-
-def training_loss(cfg: Optional[DistillCfg], out: Path, device) -> LossFn:
-    """Cross-entropy on the labels, or with `distill` set the KD loss against the frozen teacher's logits on the
-    same inputs."""
-    if cfg is None:
-        return cross_entropy
-    teacher = load_teacher(cfg, out, device)
-
-    def loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            t_logits = teacher(x)
-        return kd_loss(logits.float(), t_logits.float(), y, cfg.temperature, cfg.weight)
-
-    return loss
+            t_logits = self.teacher(x)
+        return kd_loss(logits.float(), t_logits.float(), y, self.options.temperature, self.options.weight)

@@ -1,34 +1,21 @@
 """Freezing layer groups for the first N iterations (closer look, sec. 4: FC freeze instead of warmup)."""
 from __future__ import annotations
 
-from typing import Optional
-
-from torch import Tensor, nn
-
 from harness.config import FreezeCfg
-from harness.models import group_params
+from harness.heuristics import Heuristic
+from harness.registry import register
 from harness.schedules import to_iters
 
 
-class Freezer:
-    """Drops the gradients of frozen groups before the optimizer step.
+@register.heuristic("freeze", options=FreezeCfg)
+class Freeze(Heuristic):
+    """`groups` skip their updates for iterations [0, length). The engines drop those parameters' gradients
+    (rather than toggling requires_grad), which leaves the DDP graph intact and makes SGD and Adam skip them
+    entirely, weight decay and momentum included, so frozen weights stay bit-identical."""
 
-    Dropping `.grad` (rather than toggling requires_grad) leaves the DDP graph intact and
-    makes SGD and Adam skip the parameter entirely, weight decay and momentum included,
-    so frozen weights stay bit-identical.
-    """
+    @classmethod
+    def active(cls, options: FreezeCfg) -> bool:
+        return bool(options.groups) and options.length > 0
 
-    def __init__(self, cfg: FreezeCfg, model: nn.Module, spe: int, params: Optional[dict[str, Tensor]] = None):
-        """`params`: the tensors to freeze by `model`'s parameter names (default: `model`'s own; a stack of
-        models passes its stacked weights, harness/stacked_engine.py)."""
-        params = dict(model.named_parameters()) if params is None else params
-        self.params = [params[n] for n, _ in group_params(model, cfg.groups)] if cfg.groups else []
-        self.until = to_iters(cfg.length, cfg.unit, spe)
-
-    def frozen(self, iteration: int) -> bool:
-        return bool(self.params) and iteration < self.until
-
-    def apply(self, iteration: int) -> None:
-        if self.frozen(iteration):
-            for p in self.params:
-                p.grad = None
+    def frozen(self, it: int) -> list[str]:
+        return self.options.groups if it < to_iters(self.options.length, self.options.unit, self.ctx.spe) else []

@@ -1,4 +1,5 @@
-"""The studies' models behind one registry: `build(spec)` is the only way to make one.
+"""The studies' models, registered with `harness.registry` like a plug-in's: `build(spec)` is the only way to
+make one.
 
 Every model exposes `layer_groups` (name -> module-path prefixes; freezing refers to
 them) and `probe_layers` (ordered module paths whose outputs are the "layers" of CCA
@@ -7,14 +8,14 @@ heatmaps). Analysis rebuilds models from a checkpoint's `model_spec` through `bu
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.registry import builders
+from harness.registry import PluginError, register
 
 VGG_CFGS = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -133,25 +134,48 @@ class StudentCNN(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def _vgg(depth):
-    return lambda s: VGG(depth, s["num_classes"], s.get("bn", False), s.get("dropout", 0.0), s.get("in_channels", 3),
-                         s.get("width", 1.0))
+register.contract("model", lambda e: "a class registered as a model must subclass torch.nn.Module"
+                  if isinstance(e.obj, type) and not issubclass(e.obj, nn.Module) else None)
 
 
-def _resnet(widths, blocks, scale_invariant=False):
-    return lambda s: ResNet([max(1, round(w * s.get("width", 1.0))) for w in widths], blocks, s["num_classes"],
-                            s.get("in_channels", 3), scale_invariant)
+def vgg(depth: int, s: dict) -> VGG:
+    return VGG(depth, s["num_classes"], s.get("bn", False), s.get("dropout", 0.0), s.get("in_channels", 3),
+               s.get("width", 1.0))
 
 
-# keyed by harness.registry.NAMES["model"] (what a config may name; checked when this module loads)
-REGISTRY: dict[str, Callable[[dict], nn.Module]] = builders("model", {
-    "vgg11": _vgg(11),
-    "vgg16": _vgg(16),
-    "resnet18": _resnet([64, 128, 256, 512], [2, 2, 2, 2]),
-    "resnet32": _resnet([16, 32, 64], [5, 5, 5]),
-    "si_resnet18": _resnet([64, 128, 256, 512], [2, 2, 2, 2], scale_invariant=True),
-    "student_cnn": lambda s: StudentCNN(s["num_classes"], s.get("in_channels", 3), s.get("width", 1.0)),
-})
+def resnet(widths: list[int], blocks: list[int], s: dict, scale_invariant: bool = False) -> ResNet:
+    return ResNet([max(1, round(w * s.get("width", 1.0))) for w in widths], blocks, s["num_classes"],
+                  s.get("in_channels", 3), scale_invariant)
+
+
+@register.model("vgg11")
+def vgg11(s: dict) -> VGG:
+    return vgg(11, s)
+
+
+@register.model("vgg16")
+def vgg16(s: dict) -> VGG:
+    return vgg(16, s)
+
+
+@register.model("resnet18")
+def resnet18(s: dict) -> ResNet:
+    return resnet([64, 128, 256, 512], [2, 2, 2, 2], s)
+
+
+@register.model("resnet32")
+def resnet32(s: dict) -> ResNet:
+    return resnet([16, 32, 64], [5, 5, 5], s)
+
+
+@register.model("si_resnet18")
+def si_resnet18(s: dict) -> ResNet:
+    return resnet([64, 128, 256, 512], [2, 2, 2, 2], s, scale_invariant=True)
+
+
+@register.model("student_cnn")
+def student_cnn(s: dict) -> StudentCNN:
+    return StudentCNN(s["num_classes"], s.get("in_channels", 3), s.get("width", 1.0))
 
 
 def he_normal_(model: nn.Module, scale: float = 1.0) -> None:
@@ -171,16 +195,33 @@ def he_normal_(model: nn.Module, scale: float = 1.0) -> None:
 
 
 def build(spec: dict) -> nn.Module:
-    """Model from a spec: {"name", "num_classes", "bn", "init", "init_scale", "dropout", "width", "in_channels"}."""
-    name = spec["name"]
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(REGISTRY)}")
-    model = REGISTRY[name](spec)
+    """Model from a spec: the model section ({"name", "bn", "init", "init_scale", "dropout", "width", and a
+    plug-in model's own options}) plus "num_classes" and "in_channels"; its contract checked (`check_model`)."""
+    entry = register.get("model", spec["name"])
+    model = entry.obj(spec)
+    check_model(model, f"model {entry.name!r} ({entry.module})")
     if spec.get("init", "he_normal") == "he_normal":
         he_normal_(model, spec.get("init_scale", 1.0))
     elif spec.get("init_scale", 1.0) != 1.0:
         raise ValueError("model.init_scale needs model.init: he_normal")
     return model
+
+
+def check_model(model: Any, what: str) -> None:
+    """The model contract, as a one-line PluginError: an nn.Module whose `layer_groups` (name -> module-path
+    prefixes, what freezing and per-group heuristics name) and `probe_layers` (module paths, the layers of CCA
+    heatmaps) name modules it has."""
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"{what}: built a {type(model).__name__}; a model builder must return a torch.nn.Module")
+    groups, probes = getattr(model, "layer_groups", None), getattr(model, "probe_layers", None)
+    if not isinstance(groups, dict) or not groups or not all(isinstance(v, list) for v in groups.values()):
+        raise PluginError(f"{what}: needs `layer_groups`, a non-empty dict of group name -> list of module paths")
+    if not isinstance(probes, list) or not probes:
+        raise PluginError(f"{what}: needs `probe_layers`, a non-empty list of module paths (the layers CCA compares)")
+    paths = {n for n, _ in model.named_modules()}
+    missing = [p for p in [q for v in groups.values() for q in v] + probes if p not in paths]
+    if missing:
+        raise PluginError(f"{what}: layer_groups / probe_layers name {missing[0]!r}, which is no module of it")
 
 
 def group_params(model: nn.Module, groups: list[str]) -> list[tuple[str, nn.Parameter]]:

@@ -1,8 +1,8 @@
 """The module engine: how the training loop computes a step for one model (K = 1).
 
 Any torch optimizer, DDP over the ranks that launched us, torch.compile, bf16 and
-channels_last, and the heuristics that act on the step: the training loss (distill.py),
-frozen groups (freeze.py) and the catapult's warmup start (catapult.py).
+channels_last, and every heuristic hook (harness/heuristics.py): LR groups, frozen groups,
+the loss term and the probe before the first step.
 """
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness import catapult, checkpoints, data as data_mod, distributed, optim
+from harness import checkpoints, data as data_mod, distributed, optim
 from harness.config import TrialConfig
-from harness.distill import training_loss
 from harness.errors import ConfigError
-from harness.freeze import Freezer
+from harness.heuristics import Context, Heuristics
 from harness.metrics import NAN
 from harness.models import build
 from harness.trial import autocast, memory_format, model_spec
@@ -55,7 +54,7 @@ class ModuleEngine:
     K = 1
 
     def __init__(self, cfgs: list[TrialConfig], ds: data_mod.Dataset, spe: int, d: distributed.Dist,
-                 device: torch.device, cks: list[Optional[dict]], out: Path):
+                 device: torch.device, cks: list[Optional[dict]], out: Path, total: int):
         (cfg,), (ck,) = cfgs, cks
         self.cfg, self.ds, self.spe, self.d, self.device = cfg, ds, spe, d, device
         if cfg.data.batch_size % d.world:
@@ -65,16 +64,17 @@ class ModuleEngine:
             model.load_state_dict(checkpoints.load_ref(cfg.model.init_from, out, device)["model"])
         if cfg.perf.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model, self.opt = model, optim.build(cfg.optim, model)
-        self.freezer = Freezer(cfg.freeze, model, spe)
-        self.loss = training_loss(cfg.distill, out, device)
+        hs = Heuristics(Context(cfg, model, spe, total, out, device))
+        named = dict(model.named_parameters())
+        groups = hs.param_groups()
+        self.model, self.hs, self.params = model, hs, named
+        self.opt = optim.build(cfg.optim, model, groups and [[named[n] for n in g] for g in groups])
         if ck:
             model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["optimizer"])
             checkpoints.set_rng_state(ck["rng"])
-            self.eta_inits = [ck.get("eta_init", 0.0)]
-        else:
-            self.eta_inits = [catapult.eta_init(cfg, model, ds, spe)]
+        hs.start(ck, self.first_batch)
+        self.heuristics = [hs]
         net = model
         if d.world > 1:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -88,6 +88,12 @@ class ModuleEngine:
     def main(self) -> bool:
         return self.d.main
 
+    def first_batch(self) -> tuple[nn.Module, Tensor, Tensor]:
+        """(model, x, y) for a heuristic's probe: the first global batch, the same on every DDP rank."""
+        c = self.cfg
+        plan = data_mod.plan_epoch(self.ds, c.seed, 0, self.spe, c.data.batch_size, c.data.augment)
+        return (self.model, *data_mod.train_batch(self.ds, plan, 0))
+
     def plan_epoch(self, epoch: int) -> None:
         c = self.cfg
         self.plan = data_mod.plan_epoch(self.ds, c.seed, epoch, self.spe, c.data.batch_size, c.data.augment)
@@ -99,13 +105,13 @@ class ModuleEngine:
         x = x.contiguous(memory_format=self.mem)
         with self.amp():
             logits = self.net(x)
-            loss = self.loss(logits, x, y)
+            loss = self.hs.loss(logits, x, y, F.cross_entropy(logits.float(), y))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.freezer.apply(it)
+        self.hs.skip_frozen(it, self.params)
         return loss.detach().view(1), (logits.detach().argmax(1) == y).sum().view(1), len(y)
 
-    def step(self, lrs: list[float], lr_row: Tensor) -> None:
+    def step(self, lrs: list[list[float]], lr_row: Tensor) -> None:
         optim.set_lr(self.opt, lrs[0])
         self.opt.step()
 

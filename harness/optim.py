@@ -1,12 +1,12 @@
 """Optimizers by YAML name: SGD, Adam, GI-Adam and projected SGD on the unit sphere."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
-from harness.registry import builders
+from harness.registry import PluginError, register
 
 if TYPE_CHECKING:
     from harness.config import OptimCfg
@@ -83,21 +83,42 @@ class SphereSGD(torch.optim.Optimizer):
         self._renormalize()
 
 
-# keyed by harness.registry.NAMES["optimizer"] (what a config may name; checked when this module loads)
-REGISTRY: dict[str, Callable[[OptimCfg, list[nn.Parameter]], torch.optim.Optimizer]] = builders("optimizer", {
-    "sgd": lambda c, params: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                                             weight_decay=c.weight_decay),
-    "adam": lambda c, params: torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps,
-                                               weight_decay=c.weight_decay),
-    "gi_adam": lambda c, params: GIAdam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay),
-    "sphere_sgd": lambda c, params: SphereSGD(params, lr=c.lr, momentum=c.momentum),
-})
+@register.optimizer("sgd")
+def sgd(c: OptimCfg, params: list[nn.Parameter]) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
 
 
-def build(cfg: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
-    return REGISTRY[cfg.name](cfg, [p for p in model.parameters() if p.requires_grad])
+@register.optimizer("adam")
+def adam(c: OptimCfg, params: list[nn.Parameter]) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
+@register.optimizer("gi_adam")
+def gi_adam(c: OptimCfg, params: list[nn.Parameter]) -> GIAdam:
+    return GIAdam(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+
+
+@register.optimizer("sphere_sgd")
+def sphere_sgd(c: OptimCfg, params: list[nn.Parameter]) -> SphereSGD:
+    return SphereSGD(params, lr=c.lr, momentum=c.momentum)
+
+
+def build(cfg: OptimCfg, model: nn.Module, groups: Optional[list[list[nn.Parameter]]] = None) \
+        -> torch.optim.Optimizer:
+    """The configured optimizer over the model's trainable parameters: one param group, or `groups` (lists of
+    parameters, one param group each; heuristics.lr_groups). An optimizer plug-in is any factory (cfg, params) ->
+    torch.optim.Optimizer, where params is a list of tensors or of param-group dicts; its result is checked."""
+    entry = register.get("optimizer", cfg.name)
+    params = [p for p in model.parameters() if p.requires_grad] if groups is None else \
+        [{"params": g} for g in groups]
+    opt = entry.obj(cfg, params)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise PluginError(f"optimizer {entry.name!r} ({entry.module}): built a {type(opt).__name__}; an optimizer "
+                          f"factory must return a torch.optim.Optimizer")
+    return opt
+
+
+def set_lr(opt: torch.optim.Optimizer, lrs: float | list[float]) -> None:
+    """Every param group's LR: one for all, or one per group."""
+    for g, lr in zip(opt.param_groups, lrs if isinstance(lrs, list) else [lrs] * len(opt.param_groups)):
         g["lr"] = lr

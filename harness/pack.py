@@ -18,6 +18,7 @@ from harness import data as data_mod, distributed
 from harness.config import TrialConfig
 from harness.errors import ConfigError
 from harness.grid import flatten
+from harness.heuristics import unstackable
 from harness.models import build
 from harness.stacked_engine import Stack, member_batches
 from harness.trial import model_spec
@@ -66,10 +67,9 @@ def check_packable(cfgs: list[TrialConfig]) -> None:
     for c in cfgs:
         if c.optim.name != "sgd":
             raise ConfigError(f"optim.name = {c.optim.name!r}: packed trials train with sgd only")
-        if c.distill:
-            raise ConfigError(f"distill: set in trial {c.trial_id()}, which packing does not support")
-        if c.warmup.eta_init == "catapult":
-            raise ConfigError("warmup.eta_init = 'catapult': packed trials need a numeric eta_init")
+        why = unstackable(c)
+        if why:
+            raise ConfigError(f"trial {c.trial_id()}: {why}, which a pack (the stacked engine) cannot run")
         mine = flatten(c.model_dump(mode="json"), keep=is_free)
         for k in sorted(set(first) | set(mine)):
             if not is_free(k) and first.get(k) != mine.get(k):
@@ -99,7 +99,7 @@ def probe(cfg: TrialConfig, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), iters: in
             try:
                 st = Stack([build(spec).to(device) for _ in range(k)], [cfg] * k, ds, device)
                 x, y = member_batches(ds, [plan] * k, 0)
-                alive, lrs = torch.ones(k, dtype=torch.bool, device=device), torch.full((k,), cfg.optim.lr,
+                alive, lrs = torch.ones(k, dtype=torch.bool, device=device), torch.full((k, 1), cfg.optim.lr,
                                                                                        device=device)
                 for i in range(iters + 2):  # two untimed warm-up steps
                     if i == 2:

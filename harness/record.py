@@ -40,7 +40,7 @@ class TrialRecord:
                        "config": cfg.model_dump(mode="json")}
         self.base = {"sweep": sweep, "trial_id": self.tid, **tag_columns([cfg.tags])[0],
                      "seed": cfg.seed, "world_size": world}
-        self.eta_init = cfg.warmup.eta_init
+        self.probed: dict = {}  # the heuristics' probed values (harness/heuristics.py), e.g. warmup's eta_init
         self.iteration = 0
         self.ended: Optional[str] = None
         self.writer: Optional[MetricsWriter] = None
@@ -51,7 +51,7 @@ class TrialRecord:
             return None
         return checkpoints.load(self.dir.last, device, needs=RESUME_KEYS)
 
-    def open(self, ck: Optional[dict], eta_init) -> None:
+    def open(self, ck: Optional[dict], probed: dict) -> None:
         """Start writing: after the resumed checkpoint `ck` (removing temp files an interrupted write left), or
         afresh (removing any earlier run's files)."""
         if self.main:
@@ -59,7 +59,7 @@ class TrialRecord:
                 shutil.rmtree(self.dir.path)
             for tmp in self.dir.temp_files() + self.run.metrics_temp_files(self.tid):
                 tmp.unlink(missing_ok=True)
-        self.eta_init = eta_init
+        self.probed = probed
         self.iteration = ck["iteration"] if ck else 0
         self.writer = MetricsWriter(self.run, self.tid, self.base, ck["parts"] if ck else 0, enabled=self.main)
         if self.main:
@@ -69,7 +69,7 @@ class TrialRecord:
     def status(self, state: str, **extra) -> str:
         if self.main:
             write_json(self.dir.status, {"state": state, "iteration": self.iteration, "total": self.total,
-                                         "eta_init": self.eta_init, **extra})
+                                         **self.probed, **extra})
         return state
 
     def add(self, row: dict) -> None:
@@ -92,7 +92,7 @@ class TrialRecord:
         parts = self.writer.flush()
         if self.main:
             checkpoints.save(self.dir.last, model=model, optimizer=optimizer, rng=checkpoints.rng_state(),
-                             iteration=it, epoch=it / self.spe, parts=parts, elapsed=elapsed, eta_init=self.eta_init,
+                             iteration=it, epoch=it / self.spe, parts=parts, elapsed=elapsed, **self.probed,
                              **self.common)
         self.status("running")
 

@@ -18,7 +18,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from harness import checkpoints, data as data_mod, distributed
 from harness.config import TrialConfig
-from harness.freeze import Freezer
+from harness.heuristics import Context, Heuristics
 from harness.models import build
 from harness.trial import autocast, model_spec
 
@@ -27,8 +27,10 @@ class StackedSGD:
     """torch.optim.SGD semantics (momentum, dampening 0, nesterov, coupled weight decay) for a stack of K
     models, with per-member hyper-parameters; its per-member state reads and writes SGD's state_dict."""
 
-    def __init__(self, params: dict[str, Tensor], cfgs: list[TrialConfig]):
+    def __init__(self, params: dict[str, Tensor], cfgs: list[TrialConfig], groups: Optional[list[list[str]]] = None):
+        """`groups`: parameter names per LR group (heuristics.Heuristics.param_groups), or None for one."""
         self.params = params
+        self.column = {k: i for i, g in enumerate(groups or []) for k in g}  # parameter -> its LR group's column
         dev = next(iter(params.values())).device
         self.momentum = torch.tensor([c.optim.momentum for c in cfgs], device=dev)
         self.wd = torch.tensor([c.optim.weight_decay for c in cfgs], device=dev)
@@ -45,6 +47,8 @@ class StackedSGD:
 
     @torch.no_grad()
     def step(self, lrs: Tensor) -> None:
+        """One step with `lrs` [K, groups] (each member's LR per LR group) or [K] (one group)."""
+        lrs = lrs.view(len(lrs), -1)
         for k in self.trainable:
             p = self.params[k]
             if p.grad is None:
@@ -56,14 +60,20 @@ class StackedSGD:
                 m = self.per_member(self.momentum, p)
                 buf = self.buf[k].mul_(m).add_(d)
                 step = torch.where(self.per_member(self.nesterov, p).bool(), d + m * buf, buf)
-            p.sub_(self.per_member(lrs, p) * step)
+            p.sub_(self.per_member(lrs[:, self.column.get(k, -1)], p) * step)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
             p.grad = None
 
     def _sgd(self, i: int, tensors: list[Tensor]) -> torch.optim.SGD:
+        """Member i's torch.optim.SGD over `tensors` (in `trainable` order), in the module engine's param groups."""
         c = self.cfgs[i].optim
+        if self.column:
+            by_name = dict(zip(self.trainable, tensors))
+            last = max(self.column.values()) + 1
+            tensors = [{"params": [by_name[k] for k in self.trainable if self.column.get(k, last) == g]}
+                       for g in range(last + 1)]
         return torch.optim.SGD(tensors, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
                                weight_decay=c.weight_decay)
 
@@ -109,15 +119,16 @@ class Stack:
     main = True
 
     def __init__(self, models: list[torch.nn.Module], cfgs: list[TrialConfig], ds: data_mod.Dataset,
-                 device: torch.device, spe: int = 1):
+                 device: torch.device, spe: int = 1, total: int = 1, out: Optional[Path] = None):
         self.K, self.ds, self.device, self.cfgs, self.spe = len(models), ds, device, cfgs, spe
-        self.eta_inits = [c.warmup.eta_init for c in cfgs]
         self.plans: list[data_mod.Epoch] = []
         self.params, self.buffers = stack_module_state(models)
         self.skeleton = copy.deepcopy(models[0])
         self.keys = list(self.skeleton.state_dict())
-        self.opt = StackedSGD(self.params, cfgs)
-        self.freezer = Freezer(cfgs[0].freeze, self.skeleton, spe, self.params)  # members share freeze (pack_key)
+        # each member's heuristics (harness/pack.py admits only those `unstackable` allows: LR and frozen groups)
+        self.heuristics = [Heuristics(Context(c, self.skeleton, spe, total, out, device)) for c in cfgs]
+        self.hs = self.heuristics[0]  # members share frozen and LR groups (pack_key)
+        self.opt = StackedSGD(self.params, cfgs, self.hs.param_groups())
         self.amp = autocast(cfgs[0], device)
         self.eval_batch = cfgs[0].data.eval_batch_size
 
@@ -144,7 +155,7 @@ class Stack:
         """Step `step` of every member on its own batch: losses [K] and correct [K] (detached) and the batch size."""
         x, y = member_batches(self.ds, self.plans, step)
         losses, logits = self.backward(x, y, alive)
-        self.freezer.apply(it)
+        self.hs.skip_frozen(it, self.params)
         return losses, (logits.argmax(2) == y).sum(1), y.shape[1]
 
     def step(self, lrs: list[float], lr_row: Tensor) -> None:
@@ -206,7 +217,7 @@ class Stack:
 
 
 def stacked_engine(cfgs: list[TrialConfig], ds: data_mod.Dataset, spe: int, d: distributed.Dist,
-                   device: torch.device, cks: list[Optional[dict]], out: Path) -> "Stack":
+                   device: torch.device, cks: list[Optional[dict]], out: Path, total: int) -> "Stack":
     """The pack's members built as their own trials would be (seeded init, init_from or the resumed weights),
     then stacked."""
     models = []
@@ -218,8 +229,9 @@ def stacked_engine(cfgs: list[TrialConfig], ds: data_mod.Dataset, spe: int, d: d
         elif c.model.init_from:
             m.load_state_dict(checkpoints.load_ref(c.model.init_from, out, device)["model"])
         models.append(m)
-    st = Stack(models, cfgs, ds, device, spe)
+    st = Stack(models, cfgs, ds, device, spe, total, out)
     for i, ck in enumerate(cks):
         if ck:
             st.opt.load_state_dict(i, ck["optimizer"])
+        st.heuristics[i].start(ck)
     return st

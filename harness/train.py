@@ -28,7 +28,6 @@ from harness.pack import check_packable
 from harness.record import TrialRecord, finished_state
 from harness.stacked_engine import stacked_engine
 from harness.trial import eval_interval, model_spec, steps
-from harness.warmup import with_warmup
 
 log = logging.getLogger("heurbench.train")
 
@@ -102,17 +101,17 @@ def train_locked(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d
     if len({ck["iteration"] if ck else 0 for ck in cks}) > 1:
         log.warning("pack: members left at different iterations; resuming them one at a time")
         return [s or run_trial(c, out, True, sweep) for c, s in zip(cfgs, states)]
-    engine = engine_for(todo, ds, spe, d, device, cks, out)
+    engine = engine_for(todo, ds, spe, d, device, cks, out, total)
     loop(engine, recs, cks, ds, spe, total)
     ended = iter(r.ended for r in recs)
     return [s or next(ended) for s in states]
 
 
-def lr_table(lr_fns: list[schedules.LrFn], epoch: int, spe: int, total: int, device: torch.device) \
-        -> tuple[list[list[float]], torch.Tensor]:
-    """Every member's learning rates over one epoch, [steps][K], as floats and as one tensor on the device
-    (copied once per epoch, so that a step copies nothing from the host)."""
-    rows = [[f(it) for f in lr_fns] for it in range(epoch * spe, min((epoch + 1) * spe, total))]
+def lr_table(lr_fns: list[list[schedules.LrFn]], epoch: int, spe: int, total: int, device: torch.device) \
+        -> tuple[list[list[list[float]]], torch.Tensor]:
+    """Every member's learning rate per LR group over one epoch, [steps][K][groups], as floats and as one tensor on
+    the device (copied once per epoch, so that a step copies nothing from the host)."""
+    rows = [[[f(it) for f in fns] for fns in lr_fns] for it in range(epoch * spe, min((epoch + 1) * spe, total))]
     return rows, torch.tensor(rows, device=device)
 
 
@@ -124,10 +123,9 @@ def loop(engine, recs: list[TrialRecord], cks: list[Optional[dict]], ds: data_mo
     B = cfg.data.batch_size
     label = recs[0].tid if K == 1 else f"pack[{K}] {recs[0].tid}.."
     lr_fns = []
-    for r, ck, eta_init in zip(recs, cks, engine.eta_inits):
-        r.open(ck, eta_init)
-        lr_fns.append(with_warmup(schedules.build(r.cfg.schedule, r.cfg.optim.lr, spe, total), r.cfg.warmup, eta_init,
-                                  spe))
+    for r, ck, hs in zip(recs, cks, engine.heuristics):
+        r.open(ck, hs.values)
+        lr_fns.append(hs.schedules(schedules.build(r.cfg.schedule, r.cfg.optim.lr, spe, total)))
     it = recs[0].iteration
     if it:
         log.info("trial %s resuming at iteration %d/%d", label, it, total)
@@ -172,11 +170,11 @@ def loop(engine, recs: list[TrialRecord], cks: list[Optional[dict]], ds: data_mo
         if log_row and live:
             step_losses = engine.step_losses(losses)
             for i in live:
-                recs[i].add(metrics.row("step", "train", epoch=(it - 1) / spe, iteration=it - 1, lr=lrs[i],
+                recs[i].add(metrics.row("step", "train", epoch=(it - 1) / spe, iteration=it - 1, lr=lrs[i][-1],
                                         loss=step_losses[i], grad_norm=grad_norms[i], weight_norm=weight_norms[i],
                                         wall_time=now - t_start, images_per_s=rate))
         if it % log_every == 0 and engine.main and live:
-            progress(label, it, total, spe, losses[alive].mean().item() if live else metrics.NAN, lrs[0], rate * K,
+            progress(label, it, total, spe, losses[alive].mean().item() if live else metrics.NAN, lrs[0][-1], rate * K,
                      B * K)
         if due_eval and live:
             splits = {"train": engine.reduce(sums.clone())}
@@ -184,7 +182,7 @@ def loop(engine, recs: list[TrialRecord], cks: list[Optional[dict]], ds: data_mo
                            if s is not None})
             sums.zero_()
             for i in live:
-                at = dict(epoch=it / spe, iteration=it, lr=lrs[i], weight_norm=weight_norms[i],
+                at = dict(epoch=it / spe, iteration=it, lr=lrs[i][-1], weight_norm=weight_norms[i],
                           wall_time=now - t_start, images_per_s=rate)
                 for name, s in splits.items():
                     recs[i].add(metrics.row("eval", name, loss=(s[i, 0] / s[i, 2]).item(),

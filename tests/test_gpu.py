@@ -63,7 +63,7 @@ def test_a_training_steps_data_and_pack_update_never_wait_for_the_gpu(trial_dict
     st = Stack([build({"name": "student_cnn", "num_classes": 10}).cuda() for _ in range(2)], cfgs, ds,
                torch.device("cuda"), spe=4)
     st.plan_epoch(0)
-    lr_table, alive = torch.full((4, 2), 0.01, device="cuda"), torch.ones(2, dtype=torch.bool, device="cuda")
+    lr_table, alive = torch.full((4, 2, 1), 0.01, device="cuda"), torch.ones(2, dtype=torch.bool, device="cuda")
     sums = torch.zeros(2, 3, dtype=torch.float64, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -72,7 +72,7 @@ def test_a_training_steps_data_and_pack_update_never_wait_for_the_gpu(trial_dict
             losses, correct, count = st.forward_backward(step, step, alive)
             sums[:, 0] += losses.double() * count
             sums[:, 1] += correct
-            st.step([0.01, 0.01], lr_table[step])
+            st.step([[0.01], [0.01]], lr_table[step])
     finally:
         torch.cuda.set_sync_debug_mode("default")
     x, _ = member_batches(ds, st.plans, 0)
