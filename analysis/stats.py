@@ -22,10 +22,10 @@ def _clip(lo: float, hi: float, bounds) -> tuple[float, float]:
 
 def t_interval(x: np.ndarray, level: float = 0.95, bounds=None) -> tuple[float, float]:
     """mean +- t_{(1+level)/2, n-1} s / sqrt(n) (scipy.stats.t), clipped to `bounds` (lo, hi) where given."""
-    n = len(x)
-    lo, hi = stats.t.interval(level, n - 1, loc=x.mean(), scale=x.std(ddof=1) / math.sqrt(n))
-    if not x.std(ddof=1) > 0:
-        lo = hi = float(x.mean())
+    n, std = len(x), x.std(ddof=1)
+    if not std > 0:  # a constant sample: the point itself
+        return _clip(float(x.mean()), float(x.mean()), bounds)
+    lo, hi = stats.t.interval(level, n - 1, loc=x.mean(), scale=std / math.sqrt(n))
     return _clip(float(lo), float(hi), bounds)
 
 
