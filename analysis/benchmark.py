@@ -3,7 +3,8 @@ to a swept value and the best setting per method (DeepOBS's analyser).
 
 Each function takes a metrics DataFrame (harness/metrics.py FIELDS after the base columns sweep, trial_id,
 the swept values such as `optim.lr` or `tags.run`, seed, world_size) and returns a DataFrame. Aggregates over
-seeds give the mean and the 95% t interval of analysis.claims.interval (lo, hi NaN with fewer than 2 values).
+seeds give the mean and the 95% t interval of analysis.claims.interval (lo, hi NaN with fewer than 2 values;
+an accuracy's clipped to [0, 1]).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def over_seeds(trials: pd.DataFrame, by: Sequence[str], values: Sequence[str]) -
     for key, part in trials.groupby(list(by), sort=True, dropna=False) if by else [((), trials)]:
         row = {**dict(zip(by, key)), "trials": len(part)}
         for v in values:
-            stats = interval(part[v])
+            stats = interval(part[v], bounds=(0.0, 1.0) if v.endswith("accuracy") else None)
             row.update({f"{v}_mean": stats["mean"], f"{v}_lo": stats["lo"], f"{v}_hi": stats["hi"]})
         rows.append(row)
     return pd.DataFrame(rows)

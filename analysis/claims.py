@@ -4,7 +4,9 @@ A study declares its claims in code (its module's CLAIMS) before any run. Each c
 per-seed frame (one row per seed, one column per quantity the study measured in that seed, e.g. a setting's
 final test accuracy) and turns them into one number per seed; comparisons of two settings are therefore
 paired by seed. Over the seeds where the statistic is finite: mean, sample standard deviation and the 95%
-Student t interval mean +- t_{0.975, n-1} s / sqrt(n) (NaN with fewer than 2 seeds).
+interval of the mean by the claim's method (analysis.stats, from scipy.stats; Student t by default), kept inside
+the range the statistic can take (NaN with fewer than 2 seeds). A RateClaim compares the rates of a per-seed 0/1
+outcome (`unstable`) with exact intervals and an exact test instead.
 
 Decision rules (`Rule`), all on the 95% interval [lo, hi], never on the mean alone:
 - above m  (the paper says the statistic exceeds m): held if lo > m, not held if hi < m, else inconclusive.
@@ -17,60 +19,41 @@ sweep did not produce is inconclusive with a note.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from analysis import stats
+
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
 KINDS = ("above", "below", "within")
+CHANCE_MARGIN = 0.1  # `unstable`: final accuracy at most chance + 0.1 (10 classes: <= 0.2)
 
 
-def t_cdf_two_sided(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with integer df >= 1, by the finite series of Abramowitz & Stegun 26.7.3-4
-    (theta = atan(t / sqrt(df))): odd df (2/pi)(theta + sin cos (1 + 2/3 cos^2 + 2.4/(3.5) cos^4 + ...)),
-    even df sin (1 + 1/2 cos^2 + 1.3/(2.4) cos^4 + ...), with (df - 1) / 2 terms (odd; none for df = 1) or df / 2
-    terms (even)."""
-    theta = math.atan(abs(t) / math.sqrt(df))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    term, total = 1.0, 1.0
-    if df % 2:
-        for k in range(1, (df - 1) // 2):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
-        return 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
-    for k in range(1, df // 2):
-        term *= c2 * (2 * k - 1) / (2 * k)
-        total += term
-    return s * total
-
-
-def t_quantile(p: float, df: int) -> float:
-    """t_{p, df} for p in (0.5, 1): the t with P(T < t) = p, by bisection on `t_cdf_two_sided` (to 1e-10)."""
-    target = 2 * p - 1
-    lo, hi = 0.0, 1.0
-    while t_cdf_two_sided(hi, df) < target:
-        hi *= 2
-    while hi - lo > 1e-10 * max(1.0, hi):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_cdf_two_sided(mid, df) < target else (lo, mid)
-    return (lo + hi) / 2
-
-
-def interval(values, level: float = 0.95) -> dict:
-    """Mean, sample std, number of finite values n and the two-sided t interval (lo, hi) at `level`;
-    std, lo and hi are NaN with n < 2."""
+def interval(values, level: float = 0.95, method: str = "t", bounds=None) -> dict:
+    """Mean, sample std, number of finite values n and the two-sided interval (lo, hi) of the mean at `level`
+    by `method` (analysis.stats: "t", "bca" or "logit-t"), inside `bounds` (lo, hi) where given; std, lo and hi
+    are NaN with n < 2."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     n = len(x)
     mean = float(x.mean()) if n else float("nan")
     if n < 2:
         return {"n": n, "mean": mean, "std": float("nan"), "lo": float("nan"), "hi": float("nan")}
-    std = float(x.std(ddof=1))
-    half = t_quantile((1 + level) / 2, n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "lo": mean - half, "hi": mean + half}
+    lo, hi = stats.mean_interval(x, method, level, bounds)
+    return {"n": n, "mean": mean, "std": float(x.std(ddof=1)), "lo": lo, "hi": hi}
+
+
+def unstable(state: str, final_accuracy: float, chance: float, margin: float = CHANCE_MARGIN) -> float:
+    """The per-seed outcome `unstable`, declared before any run: the trial diverged, or it finished with final
+    accuracy within `margin` of chance (<= chance + margin); NaN for a trial that is neither done nor diverged."""
+    if state == "diverged":
+        return 1.0
+    if state != "done" or not np.isfinite(final_accuracy):
+        return float("nan")
+    return float(final_accuracy <= chance + margin)
 
 
 @dataclass(frozen=True)
@@ -110,11 +93,17 @@ def within(margin: float) -> Rule:
     return Rule("within", margin)
 
 
+ACCURACY, DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a difference of two
+
+
 @dataclass(frozen=True)
 class Claim:
     """One claim of a paper: `statement` (the paper's words, where it says them), the `statistic` in words,
     the per-seed frame `columns` it reads, `value` (their per-seed values -> the statistic per seed; the
-    default is the first column minus the second, or the one column) and the decision `rule`."""
+    default is the first column minus the second, or the one column) and the decision `rule`. `bounds`: the
+    range the statistic can take (ACCURACY, DIFFERENCE, or None for unbounded), which the interval stays inside;
+    `method`: the interval (analysis.stats.METHODS; t by default, the one the coverage simulation in
+    tests/test_stats.py finds nearest 95% at 3-10 seeds)."""
     study: str
     id: str
     statement: str
@@ -122,6 +111,8 @@ class Claim:
     columns: tuple[str, ...]
     rule: Rule
     value: Callable[..., pd.Series] | None = None
+    bounds: tuple[float, float] | None = None
+    method: str = "t"
 
     def per_seed(self, frame: pd.DataFrame) -> pd.Series:
         cols = [frame[c].astype(float) for c in self.columns]
@@ -129,21 +120,83 @@ class Claim:
             return self.value(*cols)
         return cols[0] - cols[1] if len(cols) == 2 else cols[0]
 
+    def method_name(self) -> str:
+        lo, hi = self.bounds or (None, None)
+        return f"{self.method} 95%" + (f", clipped to [{lo:g}, {hi:g}]" if self.bounds and self.method != "logit-t"
+                                       else "")
 
-def judge(claim: Claim, frame: pd.DataFrame) -> dict:
-    """The claims-table row of `claim` on a per-seed frame (index: seed)."""
+
+@dataclass(frozen=True)
+class RateClaim:
+    """A claim that setting a's rate of a per-seed 0/1 outcome (e.g. `unstable`) is lower than setting b's:
+    `columns` (a, b) of the per-seed frame hold the outcome (1, 0, NaN for no outcome). Each setting's rate comes
+    with its exact Clopper-Pearson interval; the verdict is Fisher's exact one-sided test at `alpha`: held if
+    p(a lower) < alpha, not held if p(b lower) < alpha, else inconclusive. The row's mean is rate a - rate b."""
+    study: str
+    id: str
+    statement: str
+    statistic: str
+    columns: tuple[str, str]
+    alpha: float = 0.05
+    method = "Clopper-Pearson 95% per setting; Fisher exact, one-sided"
+
+    def method_name(self) -> str:
+        return self.method
+
+
+def _note(missing, n) -> str:
+    return (f"nothing in this sweep gives: {', '.join(missing)}" if missing else
+            f"{n} seed(s) with a value; an interval needs 2" if n < 2 else "")
+
+
+def judge_rate(claim: RateClaim, frame: pd.DataFrame) -> dict:
+    """The claims-table row of a RateClaim on a per-seed frame."""
+    missing = [c for c in claim.columns if c not in frame]
+    a, b = (pd.Series(dtype=float) if missing else frame[c].astype(float).dropna() for c in claim.columns)
+    (ka, na), (kb, nb) = (int(a.sum()), len(a)), (int(b.sum()), len(b))
+    (alo, ahi), (blo, bhi) = stats.clopper_pearson(ka, na), stats.clopper_pearson(kb, nb)
+    p_lower = stats.lower_rate_p(ka, na, kb, nb) if na and nb else float("nan")
+    p_higher = stats.lower_rate_p(kb, nb, ka, na) if na and nb else float("nan")
+    verdict = HELD if p_lower < claim.alpha else NOT_HELD if p_higher < claim.alpha else INCONCLUSIVE
+    needed = stats.seeds_needed_rates(ka, na, kb, nb, claim.alpha) if verdict == INCONCLUSIVE and na and nb else None
+    note = _note(missing, min(na, nb)) if missing or not (na and nb) else (
+        f"{claim.columns[0]} {ka}/{na} [{alo:.3g}, {ahi:.3g}], {claim.columns[1]} {kb}/{nb} [{blo:.3g}, {bhi:.3g}]; "
+        f"p = {p_lower:.3g}")
+    if verdict == INCONCLUSIVE and na and nb:
+        note += (f"; estimate: ~{needed} seeds per setting at these rates would decide it" if needed else
+                 "; no number of seeds decides it at these rates")
+    rate = lambda k, n: k / n if n else float("nan")  # noqa: E731
+    return {"study": claim.study, "claim": claim.id, "statement": claim.statement, "statistic": claim.statistic,
+            "rule": f"rate lower (p < {claim.alpha:g})", "method": claim.method_name(), "seeds": min(na, nb),
+            "mean": rate(ka, na) - rate(kb, nb), "ci_lo": float("nan"), "ci_hi": float("nan"), "p_value": p_lower,
+            "interval": f"a [{alo:.3g}, {ahi:.3g}], b [{blo:.3g}, {bhi:.3g}]", "seeds_needed": needed,
+            "verdict": verdict, "note": note,
+            "per_seed": "; ".join(f"{c}: " + ", ".join(f"{s}: {v:g}" for s, v in x.items())
+                                  for c, x in zip(claim.columns, (a, b)))}
+
+
+def judge(claim: Claim | RateClaim, frame: pd.DataFrame) -> dict:
+    """The claims-table row of `claim` on a per-seed frame (index: seed). An inconclusive claim's note says how
+    many seeds its interval would need at the spread observed (an estimate, analysis.stats.seeds_needed_t)."""
+    if isinstance(claim, RateClaim):
+        return judge_rate(claim, frame)
     missing = [c for c in claim.columns if c not in frame]
     values = pd.Series(dtype=float) if missing else claim.per_seed(frame)
-    stats = interval(values)
-    verdict = Rule.verdict(claim.rule, stats["lo"], stats["hi"])
-    note = (f"nothing in this sweep gives: {', '.join(missing)}" if missing else
-            f"{stats['n']} seed(s) with a value; an interval needs 2" if stats["n"] < 2 else "")
+    s = interval(values, method=claim.method, bounds=claim.bounds)
+    verdict = Rule.verdict(claim.rule, s["lo"], s["hi"])
+    note = _note(missing, s["n"])
+    needed = None
+    if verdict == INCONCLUSIVE and not missing and s["n"] >= 2:
+        needed = stats.seeds_needed_t(s["mean"], s["std"], claim.rule.kind, claim.rule.margin)
+        note = (f"estimate: ~{needed} seeds at this mean and spread would clear the margin" if needed else
+                "estimate: no number of seeds clears the margin at this mean")
     return {"study": claim.study, "claim": claim.id, "statement": claim.statement, "statistic": claim.statistic,
-            "rule": str(claim.rule), "seeds": stats["n"], "mean": stats["mean"], "ci_lo": stats["lo"],
-            "ci_hi": stats["hi"], "verdict": verdict, "note": note,
-            "per_seed": ", ".join(f"{s}: {v:.4g}" for s, v in values.dropna().items())}
+            "rule": str(claim.rule), "method": claim.method_name(), "seeds": s["n"], "mean": s["mean"],
+            "ci_lo": s["lo"], "ci_hi": s["hi"], "p_value": float("nan"), "interval": f"[{s['lo']:.4g}, {s['hi']:.4g}]",
+            "seeds_needed": needed, "verdict": verdict, "note": note,
+            "per_seed": ", ".join(f"{k}: {v:.4g}" for k, v in values.dropna().items())}
 
 
-def table(claims: list[Claim], frame: pd.DataFrame) -> pd.DataFrame:
+def table(claims: list, frame: pd.DataFrame) -> pd.DataFrame:
     """One row per claim (see `judge`)."""
     return pd.DataFrame([judge(c, frame) for c in claims])

@@ -186,10 +186,11 @@ def claims(r: Report, claims: list, frame: pd.DataFrame) -> pd.DataFrame:
     """The study's claims judged on the per-seed `frame` (analysis.claims): table `claims` and the report's
     claims section (the last one: each study calls this at its end)."""
     table = r.table("claims", claims_lib.table(claims, frame))
-    shown = table.assign(interval=[f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(table.ci_lo, table.ci_hi)])
-    r.say("## Claims", "", "Each claim's statistic per seed (paired by seed), its mean over seeds and 95% t interval; "
-          "the verdict applies the rule (declared in the study's code before any run) to the interval.", "",
-          shown[["claim", "statistic", "rule", "seeds", "mean", "interval", "verdict", "note"]]
+    r.say("## Claims", "", "Each claim's statistic per seed (paired by seed), its mean over seeds and 95% interval "
+          "(method named per row, inside the statistic's range); rate claims: each setting's exact interval and an "
+          "exact test. The verdict applies the rule (declared in the study's code before any run). Seeds needed: an "
+          "estimate at the spread observed, not a promise.", "",
+          table[["claim", "statistic", "rule", "method", "seeds", "mean", "interval", "verdict", "note"]]
           .to_markdown(index=False, floatfmt=".4g"), "",
           *[f"- `{c.id}`: {c.statement}" for c in claims], "")
     return table

@@ -1,7 +1,7 @@
 """`heurbench quickstart`: the README's main job, offline on 2 CPU cores in a few minutes.
 
 A reduced S3 (SB / LB / LB + warmup / LB + FC freeze) on the embedded digits data: the
-Ray Tune sweep (4 runs x 3 seeds), then the report (CCA heatmaps and diagonals, accuracy curves over seeds)
+Ray Tune sweep (4 runs x 8 seeds), then the report (CCA heatmaps and diagonals, accuracy curves over seeds)
 and S3's claims table, printed at the end.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ def cmd_quickstart(args) -> int:
     run = RunDir(Path(args.out).resolve() / sweep.name)
     summary = report(run.path)
     claims = pd.read_parquet(run.report_table("claims"))
-    print("\nS3 claims over seeds (95% t interval; rules in analysis/studies/s3_warmup.py):\n")
-    print(claims[["claim", "statistic", "rule", "seeds", "mean", "ci_lo", "ci_hi", "verdict"]]
+    print("\nS3 claims over seeds (95% intervals, method per row; rules in analysis/studies/s3_warmup.py):\n")
+    print(claims[["claim", "rule", "method", "seeds", "mean", "interval", "verdict", "note"]]
           .to_markdown(index=False, floatfmt=".4f"))
     print(f"\nquickstart finished in {time.time() - t0:.0f} s: trials {counts}")
     print(f"report:  {summary}\nfigures: {run.figures}")

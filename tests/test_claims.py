@@ -1,4 +1,4 @@
-"""analysis.claims: t quantiles against published table values, the interval against its formula, the verdict rules
+"""analysis.claims: t intervals against published t-table values, the interval against its formula, the verdict rules
 on constructed per-seed data, pairing by seed; the seed aggregation of tables (over_seeds) and curve figures."""
 import math
 
@@ -14,19 +14,12 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 
 
 
 @pytest.mark.parametrize("df", list(T975))
-def test_t_quantile_matches_the_table(df):
-    assert claims.t_quantile(0.975, df) == pytest.approx(T975[df], abs=6e-4)
-
-
-@pytest.mark.parametrize("t", [0.3, 1.0, 2.5, 9.0])
-def test_t_cdf_matches_closed_forms(t):
-    """df 1 (Cauchy): P(|T| < t) = 2 atan(t) / pi; df 2: t / sqrt(2 + t^2); df 3: 2/pi (atan(u) + u / (1 + u^2)),
-    u = t / sqrt(3); large df tends to the normal's erf(t / sqrt 2)."""
-    assert claims.t_cdf_two_sided(t, 1) == pytest.approx(2 * math.atan(t) / math.pi, rel=1e-12)
-    assert claims.t_cdf_two_sided(t, 2) == pytest.approx(t / math.sqrt(2 + t * t), rel=1e-12)
-    u = t / math.sqrt(3)
-    assert claims.t_cdf_two_sided(t, 3) == pytest.approx(2 / math.pi * (math.atan(u) + u / (1 + u * u)), rel=1e-12)
-    assert claims.t_cdf_two_sided(t, 4000) == pytest.approx(math.erf(t / math.sqrt(2)), abs=2e-4)
+def test_t_interval_uses_the_tables_quantile(df):
+    """The t interval of n = df + 1 values with sample std sqrt(n) is mean +- t_{0.975, df} (scipy.stats.t)."""
+    x = np.zeros(df + 1)
+    x[:2] = [-1, 1]
+    x *= np.sqrt(df + 1) / x.std(ddof=1)
+    assert claims.interval(x)["hi"] == pytest.approx(T975[df], abs=6e-4)
 
 
 def test_interval_is_mean_plus_minus_t_s_over_root_n():
@@ -137,3 +130,34 @@ def test_curves_over_several_seeds_are_a_mean_line_with_a_band(tmp_path, monkeyp
     lo, hi = np.clip(acc.mean(0) - half, 0, 1), np.clip(acc.mean(0) + half, 0, 1)  # an accuracy stays in [0, 1]
     assert (acc.mean(0) - half).min() < 0 and np.isclose(sorted(ys)[0], lo.min(), atol=1e-3)
     assert np.isclose(sorted(ys)[-1], hi.max(), atol=1e-3)
+
+
+def test_an_interval_stays_inside_the_statistics_range_and_names_its_method():
+    """The issue's LB - SB per seed (0.17 - 0.99, ...): the t interval of 3 seeds leaves [-1, 1]; clipped, it
+    does not, and the row says so."""
+    f = frame([0.21, 0.36, 0.98], [0.99, 1.00, 0.99])
+    row = claims.judge(Claim("t", "c", "", "", ("a", "b"), within(0.02), bounds=claims.DIFFERENCE), f)
+    assert -1 <= row["ci_lo"] < row["ci_hi"] <= 1 and row["ci_lo"] == -1
+    assert row["method"] == "t 95%, clipped to [-1, 1]"
+
+
+def test_an_inconclusive_claim_says_how_many_seeds_would_decide_it():
+    row = claims.judge(Claim("t", "c", "", "", ("a", "b"), above(0.0)), frame([0.55, 0.58, 0.61], [0.5, 0.6, 0.55]))
+    assert row["verdict"] == "inconclusive" and row["seeds_needed"] > 3
+    assert row["note"].startswith("estimate: ~") and str(row["seeds_needed"]) in row["note"]
+
+
+def test_a_rate_claim_uses_exact_intervals_and_test():
+    from scipy import stats as sp
+
+    f = pd.DataFrame({"w": [0, 0, 0, 0, 0, 0, 1, 0], "n": [1, 1, 1, 1, 1, 0, 1, 1]},
+                     index=pd.Index(range(8), name="seed"))
+    row = claims.judge(claims.RateClaim("t", "r", "", "", ("w", "n")), f)
+    assert row["p_value"] == pytest.approx(sp.fisher_exact([[1, 7], [7, 1]], alternative="less").pvalue)
+    assert row["verdict"] == "held" and row["mean"] == pytest.approx(1 / 8 - 7 / 8)
+    ci = sp.binomtest(1, 8).proportion_ci(method="exact")
+    assert f"[{ci.low:.3g}, {ci.high:.3g}]" in row["interval"]
+    same = claims.judge(claims.RateClaim("t", "r", "", "", ("w", "w")), f)
+    assert same["verdict"] == "inconclusive" and "no number of seeds" in same["note"]
+    flipped = claims.judge(claims.RateClaim("t", "r", "", "", ("n", "w")), f)
+    assert flipped["verdict"] == "not held"

@@ -51,11 +51,11 @@ def test_every_study_has_a_claims_sweep_with_seeds():
 def test_every_study_declares_its_claims():
     import importlib
 
-    from analysis.claims import Claim
+    from analysis.claims import Claim, RateClaim
 
     for key, fn in STUDIES.items():
         claims = importlib.import_module(fn.__module__).CLAIMS
-        assert claims and all(isinstance(c, Claim) for c in claims), key
+        assert claims and all(isinstance(c, (Claim, RateClaim)) for c in claims), key
         assert len({c.id for c in claims}) == len(claims) and {c.study for c in claims} == {key.replace(
             "quickstart", "s3")}, key
 
@@ -188,3 +188,21 @@ def test_s6_limits_per_seed_pick_no_warmup_longest_from_zero_and_shortest_catapu
     assert raises["mean"] == 2.0 and raises["verdict"] == "held"
     saves = judge(CLAIMS[1], got)  # log2 catapult / longest = 0, -1, 0
     assert saves["per_seed"] == "0: 0, 1: -1, 2: 0" and saves["verdict"] == "inconclusive"
+
+
+def test_s6_instability_is_judged_at_the_grids_largest_lr_per_seed():
+    import pandas as pd
+
+    from analysis.claims import judge
+    from analysis.studies.s6_warmup_stability import CLAIMS, unstable_at_top_lr
+
+    rows = [("sgd", "0", w, s, lr, st, acc) for s in range(3) for w, lr, st, acc in
+            [(0, 16.0, "diverged", float("nan")), (0, 8.0, "done", 0.5), (100, 16.0, "done", 0.15 if s else 0.6),
+             (50, 16.0, "diverged", float("nan"))]]
+    grid = pd.DataFrame(rows, columns=["optimizer", "start", "warmup", "seed", "eta_trgt", "state", "final_accuracy"])
+    got = unstable_at_top_lr(grid)
+    assert got.to_dict() == {"unstable_sgd_none": {0: 1.0, 1: 1.0, 2: 1.0},
+                             "unstable_sgd_longest": {0: 0.0, 1: 1.0, 2: 1.0}}  # 0.15 is within 0.1 of chance
+    row = judge(CLAIMS[4], got)
+    assert row["claim"] == "warmup_lowers_instability" and row["verdict"] == "inconclusive" and row["seeds"] == 3
+    assert judge(CLAIMS[5], got)["note"].startswith("nothing in this sweep gives")

@@ -4,24 +4,33 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import plots
-from analysis.claims import Claim, above, within
+from analysis.claims import DIFFERENCE, Claim, RateClaim, above, unstable, within
 from analysis.report import Report, accuracy_curves, claims, over_seeds, per_seed, similarity
 from harness.layout import checkpoint_name
 
 CLAIMS = [
     Claim("s3", "warmup_helps_lb", "Warmup is what lets large-batch training use the linearly scaled learning rate "
           "without instability (sec. 4, after Goyal et al.): LB + warmup ends above LB without warmup (Fig. 4a).",
-          "final test accuracy, LB + warmup minus LB", ("lb_warmup", "lb"), above(0.0)),
+          "final test accuracy, LB + warmup minus LB", ("lb_warmup", "lb"), above(0.0), bounds=DIFFERENCE),
     Claim("s3", "lb_warmup_matches_sb", "With warmup, the large batch reaches the small batch's accuracy (Fig. 4a).",
-          "final test accuracy, LB + warmup minus SB", ("lb_warmup", "sb"), within(0.02)),
+          "final test accuracy, LB + warmup minus SB", ("lb_warmup", "sb"), within(0.02), bounds=DIFFERENCE),
     Claim("s3", "warmup_keeps_fc", "Warmup avoids unstably large changes in the FC stack: its layers' similarity "
           "between iteration 0 and the end of warmup is higher with warmup than in LB without (Fig. 4c, 5).",
           "SVCCA minus its permutation null, mean over the FC-stack layers, iter 0 vs end of warmup: LB + warmup "
           "minus LB", ("fc_lb_warmup", "fc_lb"), above(0.0)),
     Claim("s3", "freeze_like_warmup", "Freezing the FC stack instead of warming up gives comparable performance "
           "(Fig. 4d; sec. 6: 'comparable training performance').",
-          "final test accuracy, LB + FC freeze minus LB + warmup", ("lb_freeze", "lb_warmup"), within(0.02)),
+          "final test accuracy, LB + FC freeze minus LB + warmup", ("lb_freeze", "lb_warmup"), within(0.02), bounds=DIFFERENCE),
+    RateClaim("s3", "warmup_lowers_instability", "Warmup is what lets large-batch training use the linearly scaled "
+              "learning rate without instability (sec. 4): LB + warmup is unstable on fewer seeds than LB.",
+              "rate of unstable seeds (diverged, or final test accuracy <= chance + 0.1), LB + warmup vs LB",
+              ("unstable_lb_warmup", "unstable_lb")),
+    RateClaim("s3", "freeze_lowers_instability", "Freezing the FC stack instead of warming up also avoids the "
+              "instability (Fig. 4d, sec. 6): LB + FC freeze is unstable on fewer seeds than LB.",
+              "rate of unstable seeds (diverged, or final test accuracy <= chance + 0.1), LB + FC freeze vs LB",
+              ("unstable_lb_freeze", "unstable_lb")),
 ]
+CHANCE = 0.1  # 10 classes (CIFAR-10, digits)
 
 
 def is_fc(layer: str) -> bool:
@@ -56,6 +65,8 @@ def report_warmup(r: Report, inputs: int = 360) -> None:
             diag = rows[rows.index_a == rows.index_b].drop(columns=["layer_b", "index_b"])
             diagonals.append(diag.assign(run=run, seed=p.seed, pair=f"iter{i}-iter{j}"))
     frame = per_seed(acc, "tags.run")
+    flags = acc.assign(unstable=[unstable(st, a, CHANCE) for st, a in zip(acc.state, acc.final_accuracy)])
+    frame = frame.join(per_seed(flags, "tags.run", "unstable").add_prefix("unstable_"), how="outer")
     if diagonals:
         diag = r.table("cca_diagonal", pd.concat(diagonals, ignore_index=True))
         first = diag[diag.pair.str.startswith("iter0-")]

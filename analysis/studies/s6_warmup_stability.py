@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from analysis import plots
-from analysis.claims import Claim, above, below
+from analysis import benchmark, plots
+from analysis.claims import Claim, RateClaim, above, below, unstable
 from analysis.report import Report, claims
 from analysis.sharpness import ITERS, TOL, sharpness
 from harness.layout import checkpoint_name
@@ -33,7 +33,17 @@ CLAIMS = [
           "similar to warmup: without warmup it tolerates a larger eta_trgt than Adam (abstract).",
           "log2 of the largest stable eta_trgt without warmup, GI-Adam over Adam", ("gi_adam_none", "adam_none"),
           above(0.0), log2_ratio),
+    RateClaim("s6", "warmup_lowers_instability", "Warmup lets the network train at an eta_trgt it does not tolerate "
+              "without (abstract; SGD): at the grid's largest eta_trgt, the longest warmup from 0 is unstable on fewer "
+              "seeds than no warmup.", "rate of unstable seeds (diverged, or final test accuracy <= chance + 0.1) at "
+              "the largest eta_trgt of the grid, SGD: longest warmup from 0 vs none",
+              ("unstable_sgd_longest", "unstable_sgd_none")),
+    RateClaim("s6", "warmup_lowers_instability_adam", "The same for Adam (abstract): at the grid's largest eta_trgt, "
+              "the longest warmup from 0 is unstable on fewer seeds than no warmup.", "rate of unstable seeds "
+              "(diverged, or final test accuracy <= chance + 0.1) at the largest eta_trgt of the grid, Adam: longest "
+              "warmup from 0 vs none", ("unstable_adam_longest", "unstable_adam_none")),
 ]
+CHANCE = 0.1  # CIFAR-10
 
 
 def per_seed_limits(best: pd.DataFrame) -> pd.DataFrame:
@@ -47,6 +57,19 @@ def per_seed_limits(best: pd.DataFrame) -> pd.DataFrame:
         for name, rows in picks.items():
             if len(rows):
                 cols.setdefault(f"{opt}_{name}", {})[seed] = rows.eta_trgt.iloc[0]
+    return pd.DataFrame(cols).rename_axis("seed")
+
+
+def unstable_at_top_lr(grid: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, the `unstable` outcome (analysis.claims.unstable) at each optimizer's largest eta_trgt in the grid,
+    without warmup (unstable_<opt>_none) and with its longest warmup from 0 (unstable_<opt>_longest)."""
+    cols = {}
+    for opt, g in grid.groupby("optimizer"):
+        top = g[(g.eta_trgt == g.eta_trgt.max()) & (g.start == "0")]
+        for name, rows in (("none", top[top.warmup == 0]), ("longest", top[top.warmup == top.warmup.max()])):
+            if len(rows) and (name == "none" or rows.warmup.max() > 0):
+                cols[f"unstable_{opt}_{name}"] = {p.seed: unstable(p.state, p.final_accuracy, CHANCE)
+                                                  for p in rows.itertuples()}
     return pd.DataFrame(cols).rename_axis("seed")
 
 
@@ -103,4 +126,7 @@ def report_warmup_stability(r: Report, images: int = 100, iters: int = ITERS) ->
     if len(sgd):
         frame = frame.join(sgd.set_index("seed").eval("eta_trgt * top_eigenvalue").rename("sgd_eta_sharpness"),
                            how="outer")
+    test = benchmark.per_trial(r.metrics, "test").set_index("trial_id").final_accuracy if (
+        r.metrics.split == "test").any() else pd.Series(dtype=float)
+    frame = frame.join(unstable_at_top_lr(grid.assign(final_accuracy=grid.trial_id.map(test))), how="outer")
     claims(r, CLAIMS, frame)
