@@ -7,9 +7,9 @@ under <sweep>/analysis/<kind>/ as `heurbench analyze` does; the numbers behind e
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import yaml
@@ -24,6 +24,10 @@ from analysis.loading import Checkpoints
 from analysis.swa import swa_rows
 from harness.errors import ConfigError
 from harness.layout import RunDir, checkpoint_name
+from harness.registry import import_plugins, register
+
+if TYPE_CHECKING:
+    from analysis.study import Study
 
 log = logging.getLogger("heurbench.analysis")
 
@@ -36,7 +40,7 @@ class Report:
         self.dir = self.run.path
         if not self.run.sweep_yaml.is_file():
             raise FileNotFoundError(f"{self.run.sweep_yaml}: no resolved sweep here (run `heurbench sweep` first)")
-        spec = yaml.safe_load(self.run.sweep_yaml.read_text())
+        self.spec = spec = yaml.safe_load(self.run.sweep_yaml.read_text())
         self.name = spec["name"]
         seed = spec["base"].get("seed", 0)  # a column even when the sweep has no seeds axis
         self.points = pd.DataFrame([{"index": p["index"], "trial_id": p["trial_id"], "seed": seed, **p["values"]}
@@ -184,7 +188,7 @@ def per_seed(acc: pd.DataFrame, by: str, value: str = "final_accuracy") -> pd.Da
 
 def claims(r: Report, claims: list, frame: pd.DataFrame) -> pd.DataFrame:
     """The study's claims judged on the per-seed `frame` (analysis.claims): table `claims` and the report's
-    claims section (the last one: each study calls this at its end)."""
+    claims section."""
     table = r.table("claims", claims_lib.table(claims, frame))
     r.say("## Claims", "", "Each claim's statistic per seed (paired by seed), its mean over seeds and 95% interval "
           "(method named per row, inside the statistic's range); rate claims: each setting's exact interval and an "
@@ -208,29 +212,51 @@ def swa_accuracy(r: Report, ckpts: list[Path], images: int) -> tuple[float, floa
     return rows.query("split == 'test'").accuracy.iloc[0], last
 
 
-# `heurbench report` options that scale a study's analyses; each study takes the ones in its signature.
+# `heurbench report` options that scale a study's analyses; each study declares the ones it takes (Study.sizes).
 SIZES = {"images": "train/test images per evaluation (curves, planes, SWA, sharpness, frequency)",
          "inputs": "inputs per CCA", "t_points": "points along each curve/segment", "grid": "plane grid per axis",
          "curve_epochs": "curve training epochs at which to evaluate (the last is the training length)",
          "iters": "Lanczos iterations at most (it stops earlier once converged)"}
 
 
-def report(run_dir: str | Path, study: str | None = None, target: float | None = None, **sizes) -> Path:
-    """Run the study's report on a sweep folder; the study defaults to the sweep name's prefix (s1..s7).
-    `sizes` (see SIZES) override the study's defaults, which are set for the reduced sweeps; `target` is the
-    accuracy of the benchmark sections' time-to-target table (analysis.benchmark.sections)."""
-    from analysis.studies import STUDIES  # the studies import this module's helpers
+def study_of(r: Report, study: str | None = None) -> tuple[str, "Study"]:
+    """The study a report runs (its registered name and an instance): `study` (a name or `module:Class`), else
+    the sweep YAML's `study:`, else the study whose name is the sweep name or its prefix (s3_reduced -> s3)."""
+    import analysis.study  # noqa: F401  (the study contract, checked as each study registers)
 
+    spec = r.spec
+    import_plugins(spec.get("base", {}).get("plugins") or [], near=spec.get("plugin_path"))  # a study among them
+    key = study or spec.get("study")
+    if key is None:
+        key = next((k for k in register.names("study") if r.name == k or r.name.startswith(k + "_")), None)
+        if key is None:
+            raise ConfigError(f"no study for sweep {r.name!r}: name one with --study or `study:` in the sweep YAML "
+                              f"(known: {register.names('study')})")
+    try:
+        entry = register.get("study", key)
+    except ValueError as err:
+        raise ConfigError(f"--study {key}: {err}") from None
+    missing = [c for c in entry.obj.columns if c not in r.points.columns]
+    if missing:
+        raise ConfigError(f"study {entry.name!r} reads point columns {list(entry.obj.columns)}; sweep {r.name!r} has "
+                          f"no {missing[0]!r} (its axes: {[c for c in r.points.columns if c not in ('index', 'trial_id')]})")
+    return entry.name, entry.obj()
+
+
+def report(run_dir: str | Path, study: str | None = None, target: float | None = None, **sizes) -> Path:
+    """Run a study's report on a sweep folder (`study_of` says which): its analyses, its claims judged on the
+    per-seed frame they return, and the benchmark sections. `sizes` (see SIZES) override the study's defaults,
+    which are set for the reduced sweeps; `target` is the accuracy of the benchmark sections' time-to-target
+    table (analysis.benchmark.sections)."""
     r = Report(run_dir)
-    key = study or next((k for k in STUDIES if r.name == k or r.name.startswith(k + "_")), None)
-    if key not in STUDIES:
-        raise ConfigError(f"no report for sweep {r.name!r}; expected a study in {sorted(STUDIES)} (--study)")
-    takes = set(inspect.signature(STUDIES[key]).parameters) - {"r"}
-    unused = sorted(k for k, v in sizes.items() if v is not None and k not in takes)
+    key, s = study_of(r, study)
+    unused = sorted(k for k, v in sizes.items() if v is not None and k not in s.sizes)
     if unused:
         raise ConfigError(f"--{unused[0].replace('_', '-')}: not used by the {key} report (it takes: "
-                         f"{', '.join('--' + k.replace('_', '-') for k in sorted(takes)) or 'none'})")
-    STUDIES[key](r, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in sizes.items() if v is not None})
+                          f"{', '.join('--' + k.replace('_', '-') for k in sorted(s.sizes)) or 'none'})")
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in sizes.items() if v is not None}
+    frame = s.analyze(r, **{**s.sizes, **given})
+    claims(r, s.claims, frame)
     benchmark.sections(r, target)
     out = r.finish()
     log.info("report: %s (%d figures)", out, len(r.figures))
@@ -239,11 +265,10 @@ def report(run_dir: str | Path, study: str | None = None, target: float | None =
 
 def add_parser(sub) -> None:
     """Register `report` on a `parser.add_subparsers()` object; it sets func=."""
-    from analysis.studies import STUDIES
-
     p = sub.add_parser("report", help="run a study's analyses on a sweep's checkpoints; figures + tables + report.md")
     p.add_argument("run_dir", help="runs/<sweep>")
-    p.add_argument("--study", help=f"one of {sorted(STUDIES)} (default: from the sweep name)")
+    p.add_argument("--study", help=f"a registered study ({', '.join(register.names('study'))}, or a plug-in's), or "
+                   "module:Class (default: the sweep YAML's `study:`, else the sweep name's prefix)")
     p.add_argument("--target", type=float, help="test accuracy for the time-to-target table (default: 0.9 x the "
                    "best any finished trial reached)")
     for k, text in SIZES.items():

@@ -34,6 +34,7 @@ from harness.errors import ConfigError
 from harness.layout import RunDir
 from harness.metrics import tag_columns
 from harness.storage import write_text
+from harness.registry import import_plugins, register
 
 FINISHED = ("done", "diverged")
 log = logging.getLogger("heurbench.sweep")
@@ -73,11 +74,19 @@ class SweepSpec(Strict):
     seeds: Optional[list[int]] = Field(None, min_length=1, description="an axis over the trial seed")
     resources: Resources = Field(default_factory=Resources)
     depends_on: list[str] = Field(default_factory=list, description="sweep YAMLs whose checkpoints this one needs")
+    plugins: list[str] = Field(default_factory=list, description="plug-in modules (next to the YAML or on "
+                               "PYTHONPATH), imported before the points are validated and by every trial")
+    study: Optional[str] = Field(None, description="the study `heurbench report` runs (default: the name's prefix)")
 
     @field_validator("name")
     @classmethod
     def _plain(cls, v: str) -> str:
         return plain_name(v)
+
+    @field_validator("study")
+    @classmethod
+    def _known_study(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else register.known("study", v)
 
     @field_validator("grid")
     @classmethod
@@ -205,6 +214,8 @@ class Sweep:
         """The sweep as run: its spec with the base inlined, and every point's id and values."""
         spec = self.spec.model_dump(mode="json", exclude={"base_file"})
         spec["base"] = self.base
+        if self.spec.plugins:  # where `heurbench report` finds plain plug-in modules again
+            spec["plugin_path"] = str(self.source.parent.resolve())
         spec["points"] = [{"index": p.index, "trial_id": p.trial_id, "values": p.values} for p in self.points]
         return spec
 
@@ -338,6 +349,8 @@ def read_sweep(path: str | Path) -> Sweep:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with name, base and grid, got {type(raw).__name__}")
+    if isinstance(raw.get("plugins"), list):  # before the spec: its `study:` may be a plug-in's
+        import_plugins([m for m in raw["plugins"] if isinstance(m, str)], near=path.parent)
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
@@ -345,6 +358,9 @@ def read_sweep(path: str | Path) -> Sweep:
     base = spec.base if spec.base is not None else read_yaml(path.parent / spec.base_file)
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a mapping of trial config keys")
+    if spec.plugins:  # every trial imports them too (a Ray worker, a DDP rank, a SLURM job)
+        listed = base.get("plugins") if isinstance(base.get("plugins"), list) else []
+        base = {**base, "plugins": list(dict.fromkeys([*spec.plugins, *listed]))}
     return Sweep(spec, path, base)
 
 

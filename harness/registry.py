@@ -38,7 +38,7 @@ KINDS = {"model": "model", "dataset": "data set", "optimizer": "optimizer", "sch
          "heuristic": "heuristic", "study": "study"}  # kind -> how an error names it
 GROUP = "heurbench.plugins"  # the entry-point group of plug-in packages
 
-# which module registers each built-in component (the studies' index is declared by analysis/studies/__init__.py)
+# which module registers each built-in component
 BUILTIN: dict[str, dict[str, str]] = {
     "model": dict.fromkeys(("vgg11", "vgg16", "resnet18", "resnet32", "si_resnet18", "student_cnn"),
                            "harness.models"),
@@ -46,7 +46,10 @@ BUILTIN: dict[str, dict[str, str]] = {
     "optimizer": dict.fromkeys(("sgd", "adam", "gi_adam", "sphere_sgd"), "harness.optim"),
     "schedule": dict.fromkeys(("constant", "step", "linear", "cosine", "sgdr"), "harness.schedules"),
     "heuristic": {"warmup": "harness.warmup", "freeze": "harness.freeze", "distill": "harness.distill"},
-    "study": {},
+    "study": {"s1": "analysis.studies.s1_connectivity", "s2": "analysis.studies.s2_sgdr",
+              "s3": "analysis.studies.s3_warmup", "quickstart": "analysis.studies.s3_warmup",
+              "s4": "analysis.studies.s4_distill", "s5": "analysis.studies.s5_lr_regimes",
+              "s6": "analysis.studies.s6_warmup_stability", "s7": "analysis.studies.s7_cosine_budget"},
 }
 
 
@@ -144,21 +147,20 @@ class Registry:
                 del self.entries[kind][e.name]
                 raise PluginError(f"{e.module}: {KINDS[kind]} {e.name!r}: {problem}")
 
-    def index(self, kind: str, names: dict[str, str]) -> None:
-        """Declare built-in names of `kind` and the modules that register them (analysis does, for studies)."""
-        BUILTIN[kind].update(names)
-
     # -- lookup --------------------------------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:
         """Every name of `kind` known so far: built in, and registered by plug-ins already imported."""
         return sorted(set(BUILTIN[kind]) | set(self.entries[kind]))
 
     def known(self, kind: str, name: str) -> str:
-        """`name` if it names a `kind` component (built in, already registered, or from an entry point, which are
-        imported now if they were not), else the one-line error listing the known names, with did-you-mean. Imports
-        no built-in module, so validating a config of built-ins needs no torch."""
+        """The registered name of a `kind` component: `name` itself (built in, already registered, or from an entry
+        point, which are imported now if they were not), or for a reference `module:attr` the name under which
+        that object is registered (the module imported now); else the one-line error listing the known names,
+        with did-you-mean. Imports no built-in module, so validating a config of built-ins needs no torch."""
         if name in BUILTIN[kind] or name in self.entries[kind]:
             return name
+        if isinstance(name, str) and ":" in name:
+            return self.by_reference(kind, name)
         self.load_entry_points()
         if name in self.entries[kind]:
             return name
@@ -167,9 +169,22 @@ class Registry:
         raise ValueError(f"unknown {KINDS[kind]} {name!r}{hint}; expected one of {self.names(kind)} (or a plug-in's: "
                          f"`plugins:` in the YAML, or a package in the {GROUP!r} entry points)")
 
+    def by_reference(self, kind: str, ref: str) -> str:
+        """The registered name of the object `module:attr` names (the module imported now)."""
+        module, _, attr = ref.partition(":")
+        import_module(module, f"{KINDS[kind]} {ref!r}")
+        obj = getattr(sys.modules[module], attr, None)
+        if obj is None:
+            raise ValueError(f"{ref}: module {module!r} has no attribute {attr!r}")
+        for e in self.entries[kind].values():
+            if e.obj is obj:
+                return e.name
+        raise ValueError(f"{ref}: not a registered {KINDS[kind]} (decorate it with @register.{kind}(name))")
+
     def get(self, kind: str, name: str) -> Entry:
-        """The registered component, importing its module if it is a built-in not used before."""
-        self.known(kind, name)
+        """The registered component (by name or `module:attr`), importing its module if it is a built-in not used
+        before."""
+        name = self.known(kind, name)
         if name in BUILTIN[kind]:
             self.load_builtin(BUILTIN[kind][name])
         return self.entries[kind][name]
@@ -179,8 +194,7 @@ class Registry:
         for plug-ins that declare none). Imports only plug-in modules, never a built-in one."""
         if name in BUILTIN[kind]:
             return None
-        self.known(kind, name)
-        return self.entries[kind][name].options
+        return self.entries[kind][self.known(kind, name)].options
 
     def load_builtin(self, module: str) -> None:
         if module in self.loaded:

@@ -1,4 +1,4 @@
-"""`heurbench` console script: train, sweep, slurm, analyze, report, quickstart.
+"""`heurbench` console script: train, sweep, slurm, analyze, report, quickstart, results, plugins.
 
 Each sub-command imports its heavy dependencies (Ray, submitit, matplotlib; torch and pandas
 for analyze, report, quickstart and results, whose parsers load only for them) only when
@@ -109,6 +109,36 @@ def add_sweep(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
+def cmd_plugins(args) -> int:
+    from harness.config import read_yaml
+    from harness.registry import KINDS, import_plugins, register
+
+    for path in args.yaml:  # a trial or sweep YAML's `plugins:`, found next to it
+        raw = read_yaml(path)
+        listed = raw.get("plugins") if isinstance(raw, dict) else None
+        import_plugins([m for m in listed or [] if isinstance(m, str)], near=Path(path).parent)
+    register.load_all()
+    import analysis.study  # noqa: F401  (the study contract)
+
+    for kind in KINDS:
+        for name in register.names(kind):
+            e = register.get(kind, name)
+            o = e.origin()
+            where = "built in" if e.builtin else " ".join(
+                [f"{o['package']} {o['version']}"] * ("package" in o) + [f"sha256 {o['sha256']}"] * ("sha256" in o))
+            print(f"{kind:9s}  {name:20s}  {e.module}  ({where})")
+    return 0
+
+
+def add_plugins(sub) -> None:
+    p = sub.add_parser("plugins", help="list every registered component (built in and plug-in) and its module",
+                       description="Every model, data set, optimizer, schedule, heuristic and study: built in, "
+                                   "from an installed package's 'heurbench.plugins' entry points, and from the "
+                                   "`plugins:` of the YAMLs named.")
+    p.add_argument("yaml", nargs="*", help="trial or sweep YAMLs whose `plugins:` to import too")
+    p.set_defaults(func=cmd_plugins)
+
+
 def add_analyze(sub) -> None:
     from analysis.cli import add_parser
     add_parser(sub)
@@ -130,7 +160,7 @@ def add_results(sub) -> None:
 
 
 COMMANDS = {"train": add_train, "sweep": add_sweep, "slurm": add_slurm, "analyze": add_analyze,
-            "report": add_report, "quickstart": add_quickstart, "results": add_results}
+            "report": add_report, "quickstart": add_quickstart, "results": add_results, "plugins": add_plugins}
 HEAVY = {"analyze", "report", "quickstart", "results"}
 """Commands whose parser's module imports torch or pandas: added only when that command runs, or for help or a
 mistyped command (so `sweep plan` of a large grid runs without torch or pandas)."""

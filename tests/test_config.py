@@ -32,7 +32,7 @@ def test_trial_id_is_stable_and_ignores_name(trial_dict):
 @pytest.mark.parametrize("mutate, expect", [
     (lambda d: d["optim"].update(lrr=0.1), "unknown key 'optim.lrr'"),
     (lambda d: d["optim"].update(lr=-0.1), "optim.lr = -0.1: Input should be greater than 0"),
-    (lambda d: d["model"].update(name="vgg19"), "model.name = 'vgg19': unknown model 'vgg19'; expected one of"),
+    (lambda d: d["model"].update(name="vgg19"), "model.name = 'vgg19': unknown model 'vgg19' (did you mean 'vgg16'?); expected one of"),
     (lambda d: d["data"].update(batch_size="big"), "data.batch_size = 'big'"),
     (lambda d: d["budget"].update(epochs=3), "budget needs exactly one of epochs or iterations"),
     (lambda d: d.pop("optim"), "missing required key 'optim'"),
@@ -139,15 +139,21 @@ def test_budget_checks_once_steps_per_epoch_are_known(trial_dict, caplog):
     assert "warmup.length = 5 epochs is longer than the budget of 32 iterations" in caplog.text
 
 
-def test_the_builder_tables_are_keyed_by_the_one_registry():
-    """Configs are checked against harness/registry.py (no torch); each torch module's builder table has exactly
-    its names, and a table that drifts from them is refused when its module loads."""
-    from harness import data, models, optim, schedules
-    from harness.registry import NAMES, builders
+def test_the_builtin_index_is_what_the_modules_register():
+    """Configs are checked against harness/registry.py's BUILTIN index (no torch); each built-in module registers
+    exactly the names the index promises for it, and one that drifts is refused when it loads."""
+    from harness.registry import BUILTIN, register
 
-    for kind, module in (("model", models), ("data set", data), ("optimizer", optim), ("schedule", schedules)):
-        assert sorted(module.REGISTRY) == sorted(NAMES[kind]) and len(NAMES[kind]) == len(set(NAMES[kind])), kind
-    with pytest.raises(RuntimeError, match=r"no builder for \['vgg16'\], not registered \[\]"):
-        builders("model", {n: None for n in NAMES["model"] if n != "vgg16"})
-    with pytest.raises(RuntimeError, match=r"no builder for \[\], not registered \['alexnet'\]"):
-        builders("model", {**dict.fromkeys(NAMES["model"]), "alexnet": None})
+    register.load_all()
+    for kind, names in BUILTIN.items():
+        for name, module in names.items():
+            assert register.get(kind, name).module == module, (kind, name)
+    BUILTIN["model"]["alexnet"] = "harness.models"
+    register.loaded.discard("harness.models")
+    try:
+        with pytest.raises(RuntimeError, match=r"harness.models: registers models \[.*\] but harness.registry.BUILTIN "
+                                               r"promises \[.*'alexnet'"):
+            register.load_builtin("harness.models")
+    finally:
+        del BUILTIN["model"]["alexnet"]
+        register.loaded.add("harness.models")

@@ -44,7 +44,8 @@ import copy, sys, yaml
 from harness.config import parse_trial
 from harness.errors import ConfigError
 from harness.grid import read_sweep
-from harness.registry import NAMES
+from harness.registry import BUILTIN
+NAMES = {'model': BUILTIN['model'], 'data set': BUILTIN['dataset'], 'optimizer': BUILTIN['optimizer'], 'schedule': BUILTIN['schedule']}
 trial = {"model": {"name": "vgg11"}, "data": {"name": "digits"}, "optim": {"name": "sgd", "lr": 0.1},
          "budget": {"iterations": 2}}
 for section, kind in (("model", "model"), ("data", "data set"), ("optim", "optimizer"), ("schedule", "schedule")):

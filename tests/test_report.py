@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis.report import report
-from analysis.studies import STUDIES
+from harness.registry import register
 from harness.grid import in_order
 from harness.tune_driver import run_sweep
 
@@ -57,7 +57,7 @@ SIZES = {"s1_reduced": {"images": 50, "t_points": 3},
 # reduced sweeps whose study recipe another end-to-end test runs -> that test
 COVERED_ELSEWHERE = {
     "s3_reduced": "tests/test_quickstart.py (sweeps/quickstart.yaml is a reduced S3: same recipe)",
-    "s6_adam_reduced": "the s6_reduced case (the same recipe, report_warmup_stability, on Adam / GI-Adam trials; "
+    "s6_adam_reduced": "the s6_reduced case (the same recipe, the WarmupStability study, on Adam / GI-Adam trials; "
                        "those optimizers are checked in tests/test_optim.py, the YAML in tests/test_studies.py)"}
 
 
@@ -79,13 +79,14 @@ def test_reduced_study_runs_and_reports(name, tmp_path, monkeypatch, ray_address
 
 def test_every_reduced_study_is_run_end_to_end_above():
     """Each YAML in sweeps/reduced/ is a case above, a dependency that a case runs first, or a study whose
-    recipe another end-to-end test runs (COVERED_ELSEWHERE: S3's report_warmup is the quickstart's, S6-Adam's
-    report_warmup_stability is S6's)."""
+    recipe another end-to-end test runs (COVERED_ELSEWHERE: S3's study is the quickstart's, S6-Adam's
+    is S6's)."""
     reduced = REPO / "sweeps" / "reduced"
     deps = {s.name for name in CASES for s in in_order(reduced / f"{name}.yaml")[:-1]}
     assert {p.stem for p in reduced.glob("*.yaml")} == set(CASES) | deps | set(COVERED_ELSEWHERE)
-    assert STUDIES["s3"] is STUDIES["quickstart"] and (REPO / "tests" / "test_quickstart.py").is_file()
-    assert in_order(reduced / "s6_adam_reduced.yaml")[-1].name.startswith("s6_")  # report_warmup_stability
+    assert register.get("study", "s3").obj is register.get("study", "quickstart").obj
+    assert (REPO / "tests" / "test_quickstart.py").is_file()
+    assert in_order(reduced / "s6_adam_reduced.yaml")[-1].name.startswith("s6_")  # the S6 study
 
 
 def test_report_calls_the_analyses_as_library_functions():

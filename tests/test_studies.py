@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.studies import STUDIES
 from harness.grid import in_order
+from harness.registry import register
+
+STUDIES = register.names("study")
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 YAMLS = sorted(SWEEPS.glob("*.yaml")) + sorted(p for sub in ("reduced", "claims", "gpu")
@@ -49,12 +51,10 @@ def test_every_study_has_a_claims_sweep_with_seeds():
 
 
 def test_every_study_declares_its_claims():
-    import importlib
-
     from analysis.claims import Claim, RateClaim
 
-    for key, fn in STUDIES.items():
-        claims = importlib.import_module(fn.__module__).CLAIMS
+    for key in STUDIES:
+        claims = register.get("study", key).obj.claims
         assert claims and all(isinstance(c, (Claim, RateClaim)) for c in claims), key
         assert len({c.id for c in claims}) == len(claims) and {c.study for c in claims} == {key.replace(
             "quickstart", "s3")}, key

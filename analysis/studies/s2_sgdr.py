@@ -6,7 +6,9 @@ import pandas as pd
 from analysis import plots
 from analysis.claims import Claim, above, below
 from analysis.landscape import plane
-from analysis.report import Report, accuracy_curves, claims, connect, over_seeds, similarity
+from analysis.report import Report, accuracy_curves, connect, over_seeds, similarity
+from analysis.study import Study
+from harness.registry import register
 
 BARRIER = 0.1  # nats of train loss: a barrier is a rise of more than this above the worse end
 CLAIMS = [
@@ -42,60 +44,68 @@ def last(table: pd.DataFrame, pair: str, path: str, split: str, t: float | None 
     return rows.sort_values("curve_epoch").iloc[-1]
 
 
-def report_sgdr(r: Report, curve_epochs: tuple[int, ...] = (2,), images: int = 100, t_points: int = 5,
-                grid: int = 5, inputs: int = 200) -> None:
-    """Curves vs segments between iterates W_k for every seed, the plane through W70, W150 and their bend (other
-    iterates projected; lowest seed), SVCCA of W10 vs W150 (every seed) and W150 vs W155 (lowest seed) for SGDR;
-    the claims table. Labels get _seed<s> beyond the lowest seed."""
-    acc = accuracy_curves(r, "tags.schedule")
-    stats = over_seeds(r, acc, "tags.schedule", "accuracy_by_schedule")
-    r.say("## Final test accuracy (mean over seeds, 95% t interval)", "", stats.to_markdown(index=False, floatfmt=".4f"),
-          "")
-    pairs = {"sgdr": [(30, 70), (70, 150), (30, 150)], "step": [(55, 65), (145, 165), (55, 165)]}
-    first = r.points.seed.min()
-    runs = [(p["tags.schedule"] + ("_bn" if p.get("model.bn") else "") + ("" if p.seed == first else f"_seed{p.seed}"),
-             p["tags.schedule"], p.trial_id, p.seed) for _, p in r.points.iterrows()]
-    bends, curves, bars = connect(r, [(f"{tag}_W{i}-W{j}", r.at(tid, i), r.at(tid, j)) for tag, sched, tid, _ in runs
-                                      for i, j in pairs[sched]], curve_epochs, images, t_points)
-    frame = {}
-    for tag, sched, tid, seed in runs:
-        seg = {f"W{i}-W{j}": last(bars, f"{tag}_W{i}-W{j}", "segment", "train").loss_barrier for i, j in pairs[sched]}
-        row = frame.setdefault(seed, {})
-        if sched == "step":
-            row["step_max"] = max(seg.values())
-            continue
-        label = f"{tag}_W70-W150"
-        row.update({"sgdr_W70-W150": seg["W70-W150"], "sgdr_W30-W150": seg["W30-W150"],
-                    "sgdr_W70-W150_curve": last(bars, label, "polychain", "train").loss_barrier})
-        if t_points % 2:  # t = 0.5, the bend, is a point of the curve
-            end, bend = (last(curves, label, "polychain", "train", t) for t in (1.0, 0.5))
-            row["sgdr_bend_gain"] = end.loss - bend.loss
-            err = {t: 1 - last(curves, label, "polychain", "test", t).accuracy for t in (0.0, 0.5, 1.0)}
-            row["sgdr_bend_test_gap"] = err[0.5] - (err[0.0] + err[1.0]) / 2
-        rows = similarity(r, r.at(tid, 10), r.at(tid, 150), inputs)
-        diag = rows[rows.index_a == rows.index_b].sort_values("index_a")
-        above_null = (diag.similarity - diag.null_mean).to_numpy()
-        half = len(above_null) // 2
-        row["sgdr_cca_depth"] = above_null[:half].mean() - above_null[len(above_null) - half:].mean()
-        if seed != first:
-            continue
-        plots.similarity_heatmap(rows, r.figure(f"cca_{tag}_W10_vs_W150"), f"SVCCA {tag}: W10 vs W150")
-        r.table(f"cca_{tag}_W10_vs_W150", rows)
-        rows = similarity(r, r.at(tid, 150), r.at(tid, 155), inputs)
-        plots.similarity_heatmap(rows, r.figure(f"cca_{tag}_W150_vs_W155"), f"SVCCA {tag}: W150 vs W155")
-        r.table(f"cca_{tag}_W150_vs_W155", rows)
-        cs = r.open(r.at(tid, 70), r.at(tid, 150), bends[label], *[r.at(tid, k) for k in (10, 30, 155)])
-        splits = cs.splits(images, images)
-        params = dict(grid=grid, margin=0.2)
-        rows, where = plane(cs.model(0), cs.states(), splits, splits["train"], **params)
-        cs.write("plane", rows, **params)
-        cs.write("plane_points", where, **params)
-        where = where.assign(label=["W70", "W150", "bend", "W10", "W30", "W155"])
-        for split in ("train", "test"):
-            plots.plane_contour(rows[rows.split == split], "loss", where, r.figure(f"plane_{tag}_{split}_loss"),
-                                f"{r.name}: {split} loss on the plane through W70, W150 and their bend")
-        r.table(f"plane_{tag}", rows)
-        r.table(f"plane_points_{tag}", where)
-        r.say(f"## Plane through W70, W150 and their bend ({tag}): projected iterates", "",
-              where[["label", "x", "y", "residual"]].to_markdown(index=False, floatfmt=".3f"), "")
-    claims(r, CLAIMS, pd.DataFrame.from_dict(frame, orient="index").rename_axis("seed"))
+@register.study("s2")
+class Sgdr(Study):
+    """S2 (closer look, sec. 3, appendix 8-9): SGDR vs step decay seen through curves, planes and SVCCA."""
+
+    claims = CLAIMS
+    sizes = {"curve_epochs": (2,), "images": 100, "t_points": 5, "grid": 5, "inputs": 200}
+    columns = ("tags.schedule",)
+
+    def analyze(self, r: Report, *,
+                curve_epochs: tuple[int, ...], images: int, t_points: int, grid: int, inputs: int) -> pd.DataFrame:
+        """Curves vs segments between iterates W_k for every seed, the plane through W70, W150 and their bend (other
+        iterates projected; lowest seed), SVCCA of W10 vs W150 (every seed) and W150 vs W155 (lowest seed) for SGDR;
+        returns the per-seed frame of the claims. Labels get _seed<s> beyond the lowest seed."""
+        acc = accuracy_curves(r, "tags.schedule")
+        stats = over_seeds(r, acc, "tags.schedule", "accuracy_by_schedule")
+        r.say("## Final test accuracy (mean over seeds, 95% t interval)", "", stats.to_markdown(index=False, floatfmt=".4f"),
+              "")
+        pairs = {"sgdr": [(30, 70), (70, 150), (30, 150)], "step": [(55, 65), (145, 165), (55, 165)]}
+        first = r.points.seed.min()
+        runs = [(p["tags.schedule"] + ("_bn" if p.get("model.bn") else "") + ("" if p.seed == first else f"_seed{p.seed}"),
+                 p["tags.schedule"], p.trial_id, p.seed) for _, p in r.points.iterrows()]
+        bends, curves, bars = connect(r, [(f"{tag}_W{i}-W{j}", r.at(tid, i), r.at(tid, j)) for tag, sched, tid, _ in runs
+                                          for i, j in pairs[sched]], curve_epochs, images, t_points)
+        frame = {}
+        for tag, sched, tid, seed in runs:
+            seg = {f"W{i}-W{j}": last(bars, f"{tag}_W{i}-W{j}", "segment", "train").loss_barrier for i, j in pairs[sched]}
+            row = frame.setdefault(seed, {})
+            if sched == "step":
+                row["step_max"] = max(seg.values())
+                continue
+            label = f"{tag}_W70-W150"
+            row.update({"sgdr_W70-W150": seg["W70-W150"], "sgdr_W30-W150": seg["W30-W150"],
+                        "sgdr_W70-W150_curve": last(bars, label, "polychain", "train").loss_barrier})
+            if t_points % 2:  # t = 0.5, the bend, is a point of the curve
+                end, bend = (last(curves, label, "polychain", "train", t) for t in (1.0, 0.5))
+                row["sgdr_bend_gain"] = end.loss - bend.loss
+                err = {t: 1 - last(curves, label, "polychain", "test", t).accuracy for t in (0.0, 0.5, 1.0)}
+                row["sgdr_bend_test_gap"] = err[0.5] - (err[0.0] + err[1.0]) / 2
+            rows = similarity(r, r.at(tid, 10), r.at(tid, 150), inputs)
+            diag = rows[rows.index_a == rows.index_b].sort_values("index_a")
+            above_null = (diag.similarity - diag.null_mean).to_numpy()
+            half = len(above_null) // 2
+            row["sgdr_cca_depth"] = above_null[:half].mean() - above_null[len(above_null) - half:].mean()
+            if seed != first:
+                continue
+            plots.similarity_heatmap(rows, r.figure(f"cca_{tag}_W10_vs_W150"), f"SVCCA {tag}: W10 vs W150")
+            r.table(f"cca_{tag}_W10_vs_W150", rows)
+            rows = similarity(r, r.at(tid, 150), r.at(tid, 155), inputs)
+            plots.similarity_heatmap(rows, r.figure(f"cca_{tag}_W150_vs_W155"), f"SVCCA {tag}: W150 vs W155")
+            r.table(f"cca_{tag}_W150_vs_W155", rows)
+            cs = r.open(r.at(tid, 70), r.at(tid, 150), bends[label], *[r.at(tid, k) for k in (10, 30, 155)])
+            splits = cs.splits(images, images)
+            params = dict(grid=grid, margin=0.2)
+            rows, where = plane(cs.model(0), cs.states(), splits, splits["train"], **params)
+            cs.write("plane", rows, **params)
+            cs.write("plane_points", where, **params)
+            where = where.assign(label=["W70", "W150", "bend", "W10", "W30", "W155"])
+            for split in ("train", "test"):
+                plots.plane_contour(rows[rows.split == split], "loss", where, r.figure(f"plane_{tag}_{split}_loss"),
+                                    f"{r.name}: {split} loss on the plane through W70, W150 and their bend")
+            r.table(f"plane_{tag}", rows)
+            r.table(f"plane_points_{tag}", where)
+            r.say(f"## Plane through W70, W150 and their bend ({tag}): projected iterates", "",
+                  where[["label", "x", "y", "residual"]].to_markdown(index=False, floatfmt=".3f"), "")
+        return pd.DataFrame.from_dict(frame, orient="index").rename_axis("seed")

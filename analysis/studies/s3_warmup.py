@@ -5,8 +5,10 @@ import pandas as pd
 
 from analysis import plots
 from analysis.claims import DIFFERENCE, Claim, RateClaim, above, unstable, within
-from analysis.report import Report, accuracy_curves, claims, over_seeds, per_seed, similarity
+from analysis.report import Report, accuracy_curves, over_seeds, per_seed, similarity
+from analysis.study import Study
 from harness.layout import checkpoint_name
+from harness.registry import register
 
 CLAIMS = [
     Claim("s3", "warmup_helps_lb", "Warmup is what lets large-batch training use the linearly scaled learning rate "
@@ -38,48 +40,57 @@ def is_fc(layer: str) -> bool:
     return layer.startswith("classifier") or layer == "fc"
 
 
-def report_warmup(r: Report, inputs: int = 360) -> None:
-    """Accuracy of SB / LB / LB+warmup / LB+freeze over seeds; SVCCA, next to its permutation null, of
-    iteration 0 vs the end of warmup: layer x layer heatmaps for the lowest seed (with, for LB+warmup, the end of
-    warmup vs the last checkpoint), the per-layer diagonal for every seed; the claims table. The default
-    `inputs` is the quickstart's whole test split (digits: 360 images)."""
-    acc = accuracy_curves(r, "tags.run")
-    stats = over_seeds(r, acc, "tags.run", "accuracy_by_run")
-    r.say("## Test accuracy over seeds (mean, 95% t interval)", "", stats.to_markdown(index=False, floatfmt=".4f"),
-          "", "Per trial:", "", acc.to_markdown(index=False, floatfmt=".4f"), "")
-    diagonals, first_seed = [], r.points.seed.min()
-    for _, p in r.points.iterrows():
-        tid, run = p.trial_id, p["tags.run"]
-        iters = r.iter_ckpts(tid)
-        if len(iters) < 2 or iters[0] != 0:
-            r.say(f"- {run}, seed {p.seed}: no pair of checkpoints for CCA ({r.state(tid)}; iterations {iters})")
-            continue
-        w, end, first = iters[1], iters[-1], p.seed == first_seed
-        pairs = [(0, w)] + ([(w, end)] if first and run == "lb_warmup" and end > w else [])
-        for i, j in pairs:
-            rows = similarity(r, r.ckpt(tid, checkpoint_name(i)), r.ckpt(tid, checkpoint_name(j)), inputs,
-                              diagonal=not first)
-            if first:
-                plots.similarity_heatmap(rows, r.figure(f"cca_{run}_iter{i}_vs_iter{j}"),
-                                         f"SVCCA {run} (seed {p.seed}): iter {i} vs iter {j}", f"iter {j}", f"iter {i}")
-            diag = rows[rows.index_a == rows.index_b].drop(columns=["layer_b", "index_b"])
-            diagonals.append(diag.assign(run=run, seed=p.seed, pair=f"iter{i}-iter{j}"))
-    frame = per_seed(acc, "tags.run")
-    flags = acc.assign(unstable=[unstable(st, a, CHANCE) for st, a in zip(acc.state, acc.final_accuracy)])
-    frame = frame.join(per_seed(flags, "tags.run", "unstable").add_prefix("unstable_"), how="outer")
-    if diagonals:
-        diag = r.table("cca_diagonal", pd.concat(diagonals, ignore_index=True))
-        first = diag[diag.pair.str.startswith("iter0-")]
-        plots.diagonal_lines(first, r.figure("cca_diagonal"), by=["run"], over="seed",
-                             title="per-layer SVCCA and its permutation null, iter 0 vs end of warmup")
-        wide = first.pivot_table(index="layer_a", columns="run", values=["similarity", "null_mean"], sort=False)
-        wide = pd.concat({f"{run}{suffix}": wide[value, run] for run in first.run.unique()
-                          for value, suffix in (("similarity", ""), ("null_mean", " null"))}, axis=1)
-        flags = first.groupby("layer_a", sort=False).agg(n=("n", "max"), underdetermined=("underdetermined", "any"))
-        r.say("## Per-layer SVCCA, iter 0 vs end of warmup / freeze (mean over seeds)", "",
-              "Each run's SVCCA, then its null (mean over shuffles of one side's rows); n data points per pair; "
-              "underdetermined: n < 10 (d_a + d_b) after SVD truncation in some run.", "",
-              wide.join(flags).to_markdown(floatfmt=".3f"), "")
-        fc = first[first.layer_a.map(is_fc)].assign(above=lambda d: d.similarity - d.null_mean)
-        frame = frame.join(fc.pivot_table(index="seed", columns="run", values="above").add_prefix("fc_"))
-    claims(r, CLAIMS, frame)
+@register.study("s3")
+@register.study("quickstart")
+class Warmup(Study):
+    """S3 (closer look, sec. 4): warmup, large batches and freezing the FC stack, seen through SVCCA."""
+
+    claims = CLAIMS
+    sizes = {"inputs": 360}
+    columns = ("tags.run",)
+
+    def analyze(self, r: Report, *, inputs: int) -> pd.DataFrame:
+        """Accuracy of SB / LB / LB+warmup / LB+freeze over seeds; SVCCA, next to its permutation null, of
+        iteration 0 vs the end of warmup: layer x layer heatmaps for the lowest seed (with, for LB+warmup, the end of
+        warmup vs the last checkpoint), the per-layer diagonal for every seed; returns the per-seed frame of the claims. The default
+        `inputs` is the quickstart's whole test split (digits: 360 images)."""
+        acc = accuracy_curves(r, "tags.run")
+        stats = over_seeds(r, acc, "tags.run", "accuracy_by_run")
+        r.say("## Test accuracy over seeds (mean, 95% t interval)", "", stats.to_markdown(index=False, floatfmt=".4f"),
+              "", "Per trial:", "", acc.to_markdown(index=False, floatfmt=".4f"), "")
+        diagonals, first_seed = [], r.points.seed.min()
+        for _, p in r.points.iterrows():
+            tid, run = p.trial_id, p["tags.run"]
+            iters = r.iter_ckpts(tid)
+            if len(iters) < 2 or iters[0] != 0:
+                r.say(f"- {run}, seed {p.seed}: no pair of checkpoints for CCA ({r.state(tid)}; iterations {iters})")
+                continue
+            w, end, first = iters[1], iters[-1], p.seed == first_seed
+            pairs = [(0, w)] + ([(w, end)] if first and run == "lb_warmup" and end > w else [])
+            for i, j in pairs:
+                rows = similarity(r, r.ckpt(tid, checkpoint_name(i)), r.ckpt(tid, checkpoint_name(j)), inputs,
+                                  diagonal=not first)
+                if first:
+                    plots.similarity_heatmap(rows, r.figure(f"cca_{run}_iter{i}_vs_iter{j}"),
+                                             f"SVCCA {run} (seed {p.seed}): iter {i} vs iter {j}", f"iter {j}", f"iter {i}")
+                diag = rows[rows.index_a == rows.index_b].drop(columns=["layer_b", "index_b"])
+                diagonals.append(diag.assign(run=run, seed=p.seed, pair=f"iter{i}-iter{j}"))
+        frame = per_seed(acc, "tags.run")
+        flags = acc.assign(unstable=[unstable(st, a, CHANCE) for st, a in zip(acc.state, acc.final_accuracy)])
+        frame = frame.join(per_seed(flags, "tags.run", "unstable").add_prefix("unstable_"), how="outer")
+        if diagonals:
+            diag = r.table("cca_diagonal", pd.concat(diagonals, ignore_index=True))
+            first = diag[diag.pair.str.startswith("iter0-")]
+            plots.diagonal_lines(first, r.figure("cca_diagonal"), by=["run"], over="seed",
+                                 title="per-layer SVCCA and its permutation null, iter 0 vs end of warmup")
+            wide = first.pivot_table(index="layer_a", columns="run", values=["similarity", "null_mean"], sort=False)
+            wide = pd.concat({f"{run}{suffix}": wide[value, run] for run in first.run.unique()
+                              for value, suffix in (("similarity", ""), ("null_mean", " null"))}, axis=1)
+            flags = first.groupby("layer_a", sort=False).agg(n=("n", "max"), underdetermined=("underdetermined", "any"))
+            r.say("## Per-layer SVCCA, iter 0 vs end of warmup / freeze (mean over seeds)", "",
+                  "Each run's SVCCA, then its null (mean over shuffles of one side's rows); n data points per pair; "
+                  "underdetermined: n < 10 (d_a + d_b) after SVD truncation in some run.", "",
+                  wide.join(flags).to_markdown(floatfmt=".3f"), "")
+            fc = first[first.layer_a.map(is_fc)].assign(above=lambda d: d.similarity - d.null_mean)
+            frame = frame.join(fc.pivot_table(index="seed", columns="run", values="above").add_prefix("fc_"))
+        return frame

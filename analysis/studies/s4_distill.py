@@ -5,9 +5,11 @@ import pandas as pd
 
 from analysis import plots
 from analysis.claims import Claim, above
-from analysis.report import Report, accuracy_curves, claims, over_seeds, per_seed, similarity
+from analysis.report import Report, accuracy_curves, over_seeds, per_seed, similarity
+from analysis.study import Study
 from analysis.studies.s3_warmup import is_fc
 from harness.errors import ConfigError
+from harness.registry import register
 
 CLAIMS = [
     Claim("s4", "distill_beats_hard_labels", "Distillation helps the student: over 5 runs, best validation accuracy "
@@ -21,47 +23,55 @@ CLAIMS = [
 ]
 
 
-def report_distill(r: Report, inputs: int = 200) -> None:
-    """Distilled vs hard-label students: accuracy over seeds; SVCCA (with its permutation null) of every student
-    layer against every teacher layer and the absolute difference of the two heatmaps, for every seed where both
-    students finished (heatmaps of the lowest); the claims table."""
-    if "distill" not in r.points:
-        raise ConfigError(f"{r.name}: the S4 report runs on the students' sweep (the one that sets distill.teacher)")
-    acc = accuracy_curves(r, "tags.student", split="val")
-    stats = over_seeds(r, acc, "tags.student", "accuracy_by_student")
-    r.say("## Validation accuracy over seeds, mean and 95% t interval (paper: best 85.18% distilled vs 83.01% "
-          "hard labels)", "", stats.to_markdown(index=False, floatfmt=".4f"), "")
-    frame = per_seed(acc, "tags.student", "best_accuracy")
-    teacher = r.run.reference(r.points.dropna(subset=["distill"]).distill.iloc[0]["teacher"])
-    finished = r.points.assign(final=[r.final_ckpt(t) for t in r.points.trial_id]).dropna(subset=["final"])
-    seeds = sorted(s for s, g in finished.groupby("seed") if set(g["tags.student"]) >= {"distilled", "hard_labels"})
-    if not seeds:
-        r.say("No seed has both students finished (diverged or still running): no SVCCA against the teacher.", "")
-    keys = ["index_a", "index_b", "layer_a", "layer_b"]
-    values = keys + ["similarity", "null_mean"]
-    diffs = []
-    for seed in seeds:
-        heat = {}
-        for _, p in finished[finished.seed == seed].iterrows():
-            heat[p["tags.student"]] = rows = similarity(r, p.final, teacher, inputs)
+@register.study("s4")
+class Distill(Study):
+    """S4 (closer look, sec. 5): does distillation make a student's representations closer to its teacher's?"""
+
+    claims = CLAIMS
+    sizes = {"inputs": 200}
+    columns = ("tags.student",)
+
+    def analyze(self, r: Report, *, inputs: int) -> pd.DataFrame:
+        """Distilled vs hard-label students: accuracy over seeds; SVCCA (with its permutation null) of every student
+        layer against every teacher layer and the absolute difference of the two heatmaps, for every seed where both
+        students finished (heatmaps of the lowest); returns the per-seed frame of the claims."""
+        if "distill" not in r.points:
+            raise ConfigError(f"{r.name}: the S4 report runs on the students' sweep (the one that sets distill.teacher)")
+        acc = accuracy_curves(r, "tags.student", split="val")
+        stats = over_seeds(r, acc, "tags.student", "accuracy_by_student")
+        r.say("## Validation accuracy over seeds, mean and 95% t interval (paper: best 85.18% distilled vs 83.01% "
+              "hard labels)", "", stats.to_markdown(index=False, floatfmt=".4f"), "")
+        frame = per_seed(acc, "tags.student", "best_accuracy")
+        teacher = r.run.reference(r.points.dropna(subset=["distill"]).distill.iloc[0]["teacher"])
+        finished = r.points.assign(final=[r.final_ckpt(t) for t in r.points.trial_id]).dropna(subset=["final"])
+        seeds = sorted(s for s, g in finished.groupby("seed") if set(g["tags.student"]) >= {"distilled", "hard_labels"})
+        if not seeds:
+            r.say("No seed has both students finished (diverged or still running): no SVCCA against the teacher.", "")
+        keys = ["index_a", "index_b", "layer_a", "layer_b"]
+        values = keys + ["similarity", "null_mean"]
+        diffs = []
+        for seed in seeds:
+            heat = {}
+            for _, p in finished[finished.seed == seed].iterrows():
+                heat[p["tags.student"]] = rows = similarity(r, p.final, teacher, inputs)
+                if seed == seeds[0]:
+                    plots.similarity_heatmap(rows, r.figure(f"cca_{p['tags.student']}_vs_teacher"),
+                                             f"SVCCA student ({p['tags.student']}, seed {seed}) x teacher")
+            diff = heat["distilled"][values].merge(heat["hard_labels"][values], on=keys,
+                                                   suffixes=("_distilled", "_hard_labels"))
+            diff["similarity"] = (diff.similarity_distilled - diff.similarity_hard_labels).abs()
             if seed == seeds[0]:
-                plots.similarity_heatmap(rows, r.figure(f"cca_{p['tags.student']}_vs_teacher"),
-                                         f"SVCCA student ({p['tags.student']}, seed {seed}) x teacher")
-        diff = heat["distilled"][values].merge(heat["hard_labels"][values], on=keys,
-                                               suffixes=("_distilled", "_hard_labels"))
-        diff["similarity"] = (diff.similarity_distilled - diff.similarity_hard_labels).abs()
-        if seed == seeds[0]:
-            plots.similarity_heatmap(diff, r.figure("cca_abs_difference"),
-                                     f"|SVCCA distilled - SVCCA hard labels| (seed {seed})")
-        diffs.append(diff.assign(seed=seed))
-    if diffs:
-        diff = r.table("cca_students_vs_teacher", pd.concat(diffs, ignore_index=True))
-        top = diff[diff.seed == seeds[0]].sort_values("similarity", ascending=False).head(5)
-        r.say(f"## Largest |SVCCA distilled - hard labels| (student layer x teacher layer, seed {seeds[0]})", "",
-              "Each SVCCA next to its permutation null (null_mean: one side's rows shuffled).", "",
-              top[["layer_a", "layer_b", "similarity_distilled", "null_mean_distilled", "similarity_hard_labels",
-                   "null_mean_hard_labels", "similarity"]]
-              .to_markdown(index=False, floatfmt=".3f"), "")
-        part = diff.assign(part=diff.layer_a.map(lambda l: "fc_diff" if is_fc(l) else "conv_diff"))
-        frame = frame.join(part.pivot_table(index="seed", columns="part", values="similarity"))
-    claims(r, CLAIMS, frame)
+                plots.similarity_heatmap(diff, r.figure("cca_abs_difference"),
+                                         f"|SVCCA distilled - SVCCA hard labels| (seed {seed})")
+            diffs.append(diff.assign(seed=seed))
+        if diffs:
+            diff = r.table("cca_students_vs_teacher", pd.concat(diffs, ignore_index=True))
+            top = diff[diff.seed == seeds[0]].sort_values("similarity", ascending=False).head(5)
+            r.say(f"## Largest |SVCCA distilled - hard labels| (student layer x teacher layer, seed {seeds[0]})", "",
+                  "Each SVCCA next to its permutation null (null_mean: one side's rows shuffled).", "",
+                  top[["layer_a", "layer_b", "similarity_distilled", "null_mean_distilled", "similarity_hard_labels",
+                       "null_mean_hard_labels", "similarity"]]
+                  .to_markdown(index=False, floatfmt=".3f"), "")
+            part = diff.assign(part=diff.layer_a.map(lambda l: "fc_diff" if is_fc(l) else "conv_diff"))
+            frame = frame.join(part.pivot_table(index="seed", columns="part", values="similarity"))
+        return frame

@@ -8,8 +8,10 @@ from analysis import plots
 from analysis.claims import Claim, above
 from analysis.frequency import frequency
 from analysis.geometry import geometry, segments
-from analysis.report import Report, accuracy_curves, claims, swa_accuracy
+from analysis.report import Report, accuracy_curves, swa_accuracy
+from analysis.study import Study
 from harness.layout import run_of_checkpoint
+from harness.registry import register
 
 CLAIMS = [
     Claim("s5", "2A_beats_1_finetuned", "Only a narrow range of initial LRs slightly above the convergence threshold "
@@ -55,34 +57,42 @@ def best_per_regime(rows: pd.DataFrame, value: str, prefix: str) -> pd.DataFrame
     return best.add_prefix(prefix + "_")
 
 
-def report_lr_regimes(r: Report, images: int = 100, t_points: int = 5) -> None:
-    """Regimes of the pre-training LR per seed, SWA of each pre-trained point's last checkpoints and, on the
-    fine-tuning sweep, test accuracy per (PLR, FLR), angles and error barriers between solutions fine-tuned from
-    neighbouring PLRs (smallest FLR, lowest seed) and their accuracy per frequency band; the claims table."""
-    fine = "model.init_from" in r.points
-    pre = Report(run_of_checkpoint(r.run.reference(r.points["model.init_from"].iloc[0])).path) if fine else r
-    reg = r.table("regimes", regimes(pre))
-    r.say("## Pre-training regimes", "", reg.drop(columns="trial_id").to_markdown(index=False, floatfmt=".4g"), "")
-    averaged = []
-    for _, p in reg.iterrows():
-        ckpts = pre.run.trial(p.trial_id).epoch_ckpts()
-        if p.state != "done" or not ckpts:
-            continue
-        swa, last = swa_accuracy(r, ckpts, images)
-        averaged += [{"plr": p.plr, "seed": p.seed, "regime": p.regime, "model": model, "accuracy": acc}
-                     for model, acc in (("swa", swa), ("last", last))]
-    frame = pd.DataFrame(index=pd.Index(sorted(reg.seed.unique()), name="seed"))
-    if averaged:
-        swa = r.table("swa", pd.DataFrame(averaged))
-        plots.lines(swa, "plr", "accuracy", r.figure("swa_vs_plr"), by=["model"], over="seed",
-                    title="SWA of the last pre-training checkpoints vs the last one (same test images)")
-        wide = swa.pivot_table(index=["plr", "regime"], columns="model", values="accuracy")
-        r.say("## SWA of the last pre-training checkpoints vs the last one (test accuracy on the same images, "
-              "mean over seeds)", "", wide.to_markdown(floatfmt=".4f"), "")
-        frame = frame.join(best_per_regime(swa[swa.model == "swa"], "accuracy", "swa"))
-    if fine:
-        frame = frame.join(report_finetuned(r, reg, images, t_points))
-    claims(r, CLAIMS, frame)
+@register.study("s5")
+class LrRegimes(Study):
+    """S5 (Sadrtdinov, Kodryan et al.): regimes of the pre-training learning rate, and what fine-tuning,"""
+
+    claims = CLAIMS
+    sizes = {"images": 100, "t_points": 5}
+    columns = ("optim.lr",)
+
+    def analyze(self, r: Report, *, images: int, t_points: int) -> pd.DataFrame:
+        """Regimes of the pre-training LR per seed, SWA of each pre-trained point's last checkpoints and, on the
+        fine-tuning sweep, test accuracy per (PLR, FLR), angles and error barriers between solutions fine-tuned from
+        neighbouring PLRs (smallest FLR, lowest seed) and their accuracy per frequency band; returns the per-seed frame of the claims."""
+        fine = "model.init_from" in r.points
+        pre = Report(run_of_checkpoint(r.run.reference(r.points["model.init_from"].iloc[0])).path) if fine else r
+        reg = r.table("regimes", regimes(pre))
+        r.say("## Pre-training regimes", "", reg.drop(columns="trial_id").to_markdown(index=False, floatfmt=".4g"), "")
+        averaged = []
+        for _, p in reg.iterrows():
+            ckpts = pre.run.trial(p.trial_id).epoch_ckpts()
+            if p.state != "done" or not ckpts:
+                continue
+            swa, last = swa_accuracy(r, ckpts, images)
+            averaged += [{"plr": p.plr, "seed": p.seed, "regime": p.regime, "model": model, "accuracy": acc}
+                         for model, acc in (("swa", swa), ("last", last))]
+        frame = pd.DataFrame(index=pd.Index(sorted(reg.seed.unique()), name="seed"))
+        if averaged:
+            swa = r.table("swa", pd.DataFrame(averaged))
+            plots.lines(swa, "plr", "accuracy", r.figure("swa_vs_plr"), by=["model"], over="seed",
+                        title="SWA of the last pre-training checkpoints vs the last one (same test images)")
+            wide = swa.pivot_table(index=["plr", "regime"], columns="model", values="accuracy")
+            r.say("## SWA of the last pre-training checkpoints vs the last one (test accuracy on the same images, "
+                  "mean over seeds)", "", wide.to_markdown(floatfmt=".4f"), "")
+            frame = frame.join(best_per_regime(swa[swa.model == "swa"], "accuracy", "swa"))
+        if fine:
+            frame = frame.join(report_finetuned(r, reg, images, t_points))
+        return frame
 
 
 def report_finetuned(r: Report, reg: pd.DataFrame, images: int, t_points: int) -> pd.DataFrame:
