@@ -186,6 +186,13 @@ def per_seed(acc: pd.DataFrame, by: str, value: str = "final_accuracy") -> pd.Da
     return acc.pivot_table(index="seed", columns=by, values=value, aggfunc="first")
 
 
+def outcomes(acc: pd.DataFrame, by: str, chance: float) -> pd.DataFrame:
+    """The per-seed frame of a study's accuracy and rate claims: final test accuracy per value of `by`, and the
+    per-seed outcome `unstable` (analysis.claims.unstable, chance level `chance`) as unstable_<value>."""
+    flags = acc.assign(unstable=[claims_lib.unstable(st, a, chance) for st, a in zip(acc.state, acc.final_accuracy)])
+    return per_seed(acc, by).join(per_seed(flags, by, "unstable").add_prefix("unstable_"), how="outer")
+
+
 def claims(r: Report, claims: list, frame: pd.DataFrame) -> pd.DataFrame:
     """The study's claims judged on the per-seed `frame` (analysis.claims): table `claims` and the report's
     claims section."""

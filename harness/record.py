@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness import checkpoints
+from harness import checkpoints, provenance
 from harness.config import TrialConfig, dump
 from harness.grid import FINISHED
 from harness.layout import RunDir
@@ -30,14 +30,14 @@ class TrialRecord:
     """The files of one trial. Only the main rank (`main`) writes."""
 
     def __init__(self, cfg: TrialConfig, out: Path, sweep: str, spec: dict, spe: int, total: int, world: int = 1,
-                 main: bool = True):
+                 main: bool = True, origin: Optional[dict] = None):
         self.cfg, self.run, self.spe, self.total, self.main = cfg, RunDir(out), spe, total, main
         self.tid = cfg.trial_id()
         self.dir = self.run.trial(self.tid)
         self.ck_iters = set(cfg.checkpoints.iterations) | ({total} if cfg.checkpoints.final else set())
         self.ck_epochs = {e * spe: e for e in cfg.checkpoints.epochs}
         self.common = {"model_spec": spec, "data_spec": cfg.data.model_dump(mode="json"), "trial_id": self.tid,
-                       "config": cfg.model_dump(mode="json")}
+                       "config": cfg.model_dump(mode="json"), "provenance": origin or {}}
         self.base = {"sweep": sweep, "trial_id": self.tid, **tag_columns([cfg.tags])[0],
                      "seed": cfg.seed, "world_size": world}
         self.probed: dict = {}  # the heuristics' probed values (harness/heuristics.py), e.g. warmup's eta_init
@@ -60,6 +60,8 @@ class TrialRecord:
             for tmp in self.dir.temp_files() + self.run.metrics_temp_files(self.tid):
                 tmp.unlink(missing_ok=True)
         self.probed = probed
+        if ck is not None:
+            provenance.warn_if_changed(self.tid, ck.get("provenance", {}), self.common["provenance"])
         self.iteration = ck["iteration"] if ck else 0
         self.writer = MetricsWriter(self.run, self.tid, self.base, ck["parts"] if ck else 0, enabled=self.main)
         if self.main:
@@ -69,7 +71,7 @@ class TrialRecord:
     def status(self, state: str, **extra) -> str:
         if self.main:
             write_json(self.dir.status, {"state": state, "iteration": self.iteration, "total": self.total,
-                                         **self.probed, **extra})
+                                         **self.probed, **extra, "provenance": self.common["provenance"]})
         return state
 
     def add(self, row: dict) -> None:

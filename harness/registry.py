@@ -22,6 +22,7 @@ component (harness.models.build, harness.data.load, harness.optim.build, harness
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -77,7 +78,7 @@ class Entry:
         mod = sys.modules.get(self.module)
         out = {"module": self.module}
         top = self.module.split(".")[0]
-        dists = importlib.metadata.packages_distributions().get(top)
+        dists = distributions().get(top)
         if dists:
             out["package"] = dists[0]
             out["version"] = importlib.metadata.version(dists[0])
@@ -85,6 +86,12 @@ class Entry:
         if path and (not dists or self.builtin is False):
             out["sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
         return out
+
+
+@functools.lru_cache(maxsize=1)
+def distributions() -> dict[str, list[str]]:
+    """Top-level module -> installed distributions providing it (read once per process)."""
+    return importlib.metadata.packages_distributions()
 
 
 Check = Callable[[Entry], Optional[str]]  # a kind's registration contract: None, or what is wrong
@@ -98,6 +105,7 @@ class Registry:
         self.checks: dict[str, Check] = {}
         self.loaded: set[str] = set()  # built-in modules imported and checked
         self.entry_points_loaded = False
+        self.paths: list[str] = []  # folders of plain plug-in modules (`plugins:` next to a YAML)
 
     # -- registration --------------------------------------------------------------------------------------------
     def add(self, kind: str, name: str, obj: Any, options: Any = None, **extra) -> Any:
@@ -248,6 +256,8 @@ def import_plugins(modules: list[str], near: Optional[Path] = None) -> None:
         return
     if near is not None:
         folder = str(Path(near).resolve())
+        if folder not in register.paths:
+            register.paths.append(folder)
         if folder not in sys.path:
             sys.path.insert(0, folder)
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]

@@ -3,8 +3,8 @@
 Per iteration: save the checkpoints due, lr = lr_at(it), forward + backward (the engine),
 optimizer step, divergence check, a step row every `train_stride` iterations, and at each
 evaluation the train/val/test rows plus the rolling `last.pt`. How a step is computed is
-the engine's business: `ModuleEngine` (one model: DDP, compile, any optimizer, freeze,
-distillation, catapult) or the stacked engine (K models vmapped, SGD per member).
+the engine's business: `ModuleEngine` (one model: DDP, compile, any optimizer, every heuristic hook) or the
+stacked engine (K models vmapped, SGD per member); both act on heuristics only through harness.heuristics.
 
 `run_trial` runs alone (`heurbench train`), as a DDP rank (torchrun, srun, Ray Train) and
 inside a Ray Tune trial; only rank 0 writes files. `run_pack` trains several trials of a
@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from harness import data as data_mod, distributed, lock, metrics, schedules
+from harness import data as data_mod, distributed, lock, metrics, provenance, schedules
 from harness.config import TrialConfig
 from harness.grid import FINISHED
 from harness.layout import RunDir
@@ -96,7 +96,8 @@ def train_locked(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d
     ds = data_mod.load(todo[0].data).to(device)
     spe, total = steps(todo[0], len(ds.train))
     spec = model_spec(todo[0], ds)
-    recs = [TrialRecord(c, out, sweep, spec, spe, total, d.world, d.main) for c in todo]
+    recs = [TrialRecord(c, out, sweep, spec, spe, total, d.world, d.main, provenance.of_trial(c, device))
+            for c in todo]
     cks = [r.resume_from(device) if resume else None for r in recs]
     if len({ck["iteration"] if ck else 0 for ck in cks}) > 1:
         log.warning("pack: members left at different iterations; resuming them one at a time")

@@ -134,14 +134,19 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_
     from ray._common.network_utils import is_localhost, parse_address
     from ray._private import ray_constants
 
+    from harness.registry import register
+
     local = not address
+    # plain plug-in modules (`plugins:` next to a YAML): a cluster started before this driver knows nothing of
+    # their folder, so its workers get this process's PYTHONPATH (which import_plugins extended)
+    env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if register.paths else None
     host = node_ip if local else (parse_address(address) or ("",))[0]
     enabled = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = enabled and not is_localhost(host)
     try:
         ray.init(address=address or "local", num_cpus=num_cpus if local else None,
                  num_gpus=num_gpus if local else None, _node_ip_address=node_ip if local else None,
-                 include_dashboard=False, log_to_driver=True, configure_logging=False)
+                 include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=env)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
 

@@ -85,6 +85,16 @@ def test_array_mode_runs_every_trial_as_a_slurm_job(trial_dict, tmp_path):
     assert submit(path, tmp_path / "runs") == []  # all finished: nothing to submit
 
 
+def test_a_plain_module_plugin_reaches_the_array_jobs(trial_dict, tmp_path):
+    """`plugins:` beside the sweep YAML: the submitting process puts its folder on PYTHONPATH, which sbatch
+    passes to the job (SLURM exports the submitter's environment), and the job imports it with the config."""
+    from test_plugins import check_halved, plain_plugin_sweep
+
+    path = plain_plugin_sweep(tmp_path, trial_dict)
+    submit(path, tmp_path / "runs")
+    check_halved(tmp_path / "runs" / "s", trial_dict["optim"]["lr"])
+
+
 LONG = 240  # iterations of batch 10 of the two-node test's trials
 SIGNALLED = 1000  # iterations of batch 10 (~5 s on CI's machine, where 240 once ended before scancel landed): a
 # trial is still running when a signal sent once it has passed iteration 16 lands

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import plots
-from analysis.claims import DIFFERENCE, Claim, RateClaim, above, unstable, within
-from analysis.report import Report, accuracy_curves, over_seeds, per_seed, similarity
+from analysis.claims import DIFFERENCE, Claim, RateClaim, above, within
+from analysis.report import Report, accuracy_curves, outcomes, over_seeds, similarity
 from analysis.study import Study
 from harness.layout import checkpoint_name
 from harness.registry import register
@@ -75,9 +75,7 @@ class Warmup(Study):
                                              f"SVCCA {run} (seed {p.seed}): iter {i} vs iter {j}", f"iter {j}", f"iter {i}")
                 diag = rows[rows.index_a == rows.index_b].drop(columns=["layer_b", "index_b"])
                 diagonals.append(diag.assign(run=run, seed=p.seed, pair=f"iter{i}-iter{j}"))
-        frame = per_seed(acc, "tags.run")
-        flags = acc.assign(unstable=[unstable(st, a, CHANCE) for st, a in zip(acc.state, acc.final_accuracy)])
-        frame = frame.join(per_seed(flags, "tags.run", "unstable").add_prefix("unstable_"), how="outer")
+        frame = outcomes(acc, "tags.run", CHANCE)
         if diagonals:
             diag = r.table("cca_diagonal", pd.concat(diagonals, ignore_index=True))
             first = diag[diag.pair.str.startswith("iter0-")]
