@@ -55,7 +55,7 @@ def environment(device: "torch.device") -> dict:
     slurm = {k.lower(): os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
              if k in os.environ}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return {**code(), "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+    return {**code(), "python": platform.python_version(), "torch": str(torch.__version__), "cuda": torch.version.cuda,
             "device": f"{device.type}: {name}", "host": socket.gethostname(), **slurm}
 
 

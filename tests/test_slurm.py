@@ -220,7 +220,11 @@ def test_ray_mode_over_two_nodes_retries_a_killed_node_s_trial_with_no_row_lost_
     """`slurm submit --mode ray --nodes 2`: a Ray head on the first node, a Ray worker on the second, a trial on
     each. While the second node's trial trains, that node's Ray (its `ray start`, raylet and workers) is SIGKILLed;
     Tune retries the trial (harness.tune_driver.TRIAL_RETRIES) on the head node, it resumes from its last.pt, and
-    its metrics end as its uninterrupted twin's (the grid differs only in eval.log_every): none lost, none twice."""
+    its metrics end as its uninterrupted twin's (the grid differs only in eval.log_every): none lost, none twice.
+    The trials use a plain plug-in module beside the sweep YAML (tests/test_plugins.py's halve_lr): it reaches the
+    Ray head's and the worker node's processes, the retry included."""
+    from test_plugins import HALVE, write_module
+
     nodes = subprocess.run(["sinfo", "-h", "-p", MULTI, "-N", "-o", "%N %t"], capture_output=True, text=True)
     up = [line.split()[0] for line in nodes.stdout.splitlines() if line.split()[1] in ("idle", "mix", "alloc")]
     if len(up) < 2:
@@ -229,7 +233,9 @@ def test_ray_mode_over_two_nodes_retries_a_killed_node_s_trial_with_no_row_lost_
     t0 = time.time()
     trial_dict.update(budget={"iterations": LONG}, eval={"every": EVERY, "unit": "iteration", "train_stride": 2})
     trial_dict["data"].update(train_subset=200, test_subset=50, batch_size=10)
-    path = write_sweep(tmp_path, trial_dict, grid={"eval.log_every": [EVERY, EVERY + 1]})
+    write_module(tmp_path, "halve_lr", HALVE)
+    trial_dict["heuristics"] = {"halve_lr": {}}
+    path = write_sweep(tmp_path, trial_dict, grid={"eval.log_every": [EVERY, EVERY + 1]}, plugins=["halve_lr"])
     sweep = load_sweep(path)
     ids = [p.trial_id for p in sweep.points]
     out = tmp_path / "runs" / "s"
@@ -267,6 +273,7 @@ def test_ray_mode_over_two_nodes_retries_a_killed_node_s_trial_with_no_row_lost_
     twin = next(t for t in ids if t != victim)
     assert retried_on - {None} == {head}, retried_on  # the node's Ray stayed dead: the retry ran on the head
     df = check_results(out, sweep, LONG)  # both done at LONG, a step row every 2 iterations, no row twice
+    assert set(df[df.kind == "step"].lr) == {trial_dict["optim"]["lr"] / 2}  # the plug-in acted on every node
     assert f"trial {victim} (point {ids.index(victim)}) lost its process or node" in logs and "retry 1/" in logs
     assert "2/2 finished" in logs
     resumed = [int(line.split("resuming at iteration ")[1].split("/")[0]) for line in logs.splitlines()
