@@ -6,9 +6,10 @@ import torch.nn.functional as F
 
 from harness import data
 from harness.errors import ConfigError
-from harness.models import REGISTRY, build, group_params
+from harness.models import build, group_params
+from harness.registry import BUILTIN
 
-NAMES = sorted(REGISTRY)
+NAMES = sorted(BUILTIN["model"])
 
 
 @pytest.fixture(scope="module")
