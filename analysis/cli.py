@@ -209,9 +209,9 @@ COMMANDS: dict[str, tuple[Run, Callable[[argparse.ArgumentParser], None], int | 
 }
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers, help: str) -> argparse.ArgumentParser:
     """Register `analyze` and its sub-commands on a `parser.add_subparsers()` object; each sets func=."""
-    analyze = subparsers.add_parser("analyze", help="analyses of saved checkpoints (results as Parquet + PNG)")
+    analyze = subparsers.add_parser("analyze", help=help)
     sub = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
     for name, (run, configure, count, text) in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)

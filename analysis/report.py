@@ -270,9 +270,9 @@ def report(run_dir: str | Path, study: str | None = None, target: float | None =
     return out
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, help: str) -> None:
     """Register `report` on a `parser.add_subparsers()` object; it sets func=."""
-    p = sub.add_parser("report", help="run a study's analyses on a sweep's checkpoints; figures + tables + report.md")
+    p = sub.add_parser("report", help=help)
     p.add_argument("run_dir", help="runs/<sweep>")
     p.add_argument("--study", help=f"a registered study ({', '.join(register.names('study'))}, or a plug-in's), or "
                    "module:Class (default: the sweep YAML's `study:`, else the sweep name's prefix)")

@@ -8,6 +8,7 @@ it runs. A bad config, data set, checkpoint or results file exits 2 with one lin
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -23,9 +24,10 @@ from slurm.launch import add_parser as add_slurm
 
 def cmd_train(args) -> int:
     from harness.config import load_trial
+
+    cfg = load_trial(args.config)  # validated before torch loads: a config error is one line at once
     from harness.train import run_trial
 
-    cfg = load_trial(args.config)
     run = RunDir(args.out if args.out else Path("runs") / cfg.name)
     trial = run.trial(cfg.trial_id())
     if args.resume and not trial.last.exists() and trial.read_status().get("state") not in FINISHED:
@@ -139,31 +141,15 @@ def add_plugins(sub) -> None:
     p.set_defaults(func=cmd_plugins)
 
 
-def add_analyze(sub) -> None:
-    from analysis.cli import add_parser
-    add_parser(sub)
-
-
-def add_report(sub) -> None:
-    from analysis.report import add_parser
-    add_parser(sub)
-
-
-def add_quickstart(sub) -> None:
-    from heurbench.quickstart import add_parser
-    add_parser(sub)
-
-
-def add_results(sub) -> None:
-    from heurbench.results import add_parser
-    add_parser(sub)
-
-
-COMMANDS = {"train": add_train, "sweep": add_sweep, "slurm": add_slurm, "analyze": add_analyze,
-            "report": add_report, "quickstart": add_quickstart, "results": add_results, "plugins": add_plugins}
-HEAVY = {"analyze", "report", "quickstart", "results"}
-"""Commands whose parser's module imports torch or pandas: added only when that command runs, or for help or a
-mistyped command (so `sweep plan` of a large grid runs without torch or pandas)."""
+COMMANDS = {"train": add_train, "sweep": add_sweep, "slurm": add_slurm, "plugins": add_plugins}
+HEAVY = {"analyze": ("analysis.cli", "analyses of saved checkpoints (results as Parquet + PNG)"),
+         "report": ("analysis.report", "run a study's analyses on a sweep's checkpoints; figures + tables + report.md"),
+         "quickstart": ("heurbench.quickstart",
+                        "reduced S3 on the embedded digits data: sweep, CCA, figures (CPU, offline)"),
+         "results": ("heurbench.results", "'results compact ROOT': merge each ended trial's metrics parts into one "
+                                          "(trials do it when they end; this is for older trees)")}
+"""Commands whose parser's module imports torch or pandas, with their one-line help: the module's
+`add_parser(sub, help)` loads only when that command runs; `--help` and a mistyped command see a stub."""
 
 
 def build_parser(argv=None) -> argparse.ArgumentParser:
@@ -172,9 +158,13 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
     command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
-    for name, add in COMMANDS.items():
-        if name not in HEAVY or command == name or command not in COMMANDS:
-            add(sub)
+    for add in COMMANDS.values():
+        add(sub)
+    for name, (module, text) in HEAVY.items():
+        if command == name:
+            importlib.import_module(module).add_parser(sub, text)
+        else:
+            sub.add_parser(name, help=text, add_help=False)
     return p
 
 

@@ -36,8 +36,8 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("quickstart", help="reduced S3 on the embedded digits data: sweep, CCA, figures (CPU, offline)")
+def add_parser(sub, help: str) -> None:
+    p = sub.add_parser("quickstart", help=help)
     p.add_argument("--out", default="runs", help="results root (default runs)")
     p.add_argument("--sweep", default=str(QUICKSTART), help="the sweep YAML (default: sweeps/quickstart.yaml)")
     p.add_argument("--address", help="an existing Ray cluster ('auto' or host:port); default: a new local one")

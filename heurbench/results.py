@@ -188,9 +188,8 @@ def cmd_results(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("results", help="'results compact ROOT': merge each ended trial's metrics parts into one "
-                                       "(trials do it when they end; this is for older trees)")
+def add_parser(sub, help: str) -> None:
+    p = sub.add_parser("results", help=help)
     p.add_argument("action", choices=["compact"])
     p.add_argument("root", help="a results root or one sweep's folder")
     p.add_argument("--sweep", action="append", help="only this sweep (repeatable)")

@@ -12,7 +12,7 @@ DATA = {"name": "digits", "train_subset": 64, "test_subset": 32}
 
 def parser():
     p = argparse.ArgumentParser(prog="heurbench")
-    cli.add_parser(p.add_subparsers(dest="command"))
+    cli.add_parser(p.add_subparsers(dest="command"), "analyses")
     return p
 
 

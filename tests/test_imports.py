@@ -75,3 +75,34 @@ def test_validating_configs_and_sweeps_loads_no_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", VALIDATE, str(tmp_path / "s.yaml")], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:] or r.stdout
+
+
+CLI = """
+import sys
+from heurbench.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(code, [m for m in ("torch", "pandas", "ray", "matplotlib") if m in sys.modules])
+"""
+REPO = HARNESS.parent
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--help"], 0),
+    (["trian", "x.yaml"], 2),  # a mistyped command
+    (["sweep", "plan", str(REPO / "sweeps/reduced/s3_reduced.yaml"), "--all"], 0),
+    (["train", "{bad}"], 2),  # a config error
+    (["sweep", "plan", "{bad}"], 2),
+])
+def test_help_plan_and_config_errors_load_no_torch(tmp_path, argv, code):
+    """The cheap commands answer without torch, pandas, Ray or matplotlib in sys.modules (not a clock)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodel: {name: vgg11}\ndata: {name: digits}\noptim: {name: sgd, lr: fast}\n"
+                   "budget: {iterations: 2}\n")
+    r = subprocess.run([sys.executable, "-c", CLI, *[a.format(bad=bad) for a in argv]], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert r.stdout.splitlines()[-1] == f"{code} []", r.stderr[-2000:] or r.stdout
+    if code == 2:
+        assert r.stderr.count("\n") == 1 or "usage:" in r.stderr, r.stderr
