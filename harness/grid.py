@@ -343,12 +343,16 @@ def check_rules(spec: SweepSpec, source: str) -> None:
                                   f"fire")
 
 
-def read_sweep(path: str | Path) -> Sweep:
-    """The sweep YAML at `path`, its spec and base checked; points not yet expanded."""
+def read_sweep(path: str | Path, seeds: Optional[list[int]] = None) -> Sweep:
+    """The sweep YAML at `path`, its spec and base checked; points not yet expanded. `seeds` (`--seeds`) replaces
+    the YAML's `seeds:` axis: the finished trials of the seeds both name are the same trials, the rest are new."""
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with name, base and grid, got {type(raw).__name__}")
+    if seeds is not None:
+        log.info("%s: seeds %s (--seeds; the YAML says %s)", path, seeds, raw.get("seeds"))
+        raw = {**raw, "seeds": seeds}
     if isinstance(raw.get("plugins"), list):  # before the spec: its `study:` may be a plug-in's
         import_plugins([m for m in raw["plugins"] if isinstance(m, str)], near=path.parent)
     try:
@@ -364,9 +368,10 @@ def read_sweep(path: str | Path) -> Sweep:
     return Sweep(spec, path, base)
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """The sweep at `path` with every point expanded and validated (and its packs, if it packs trials)."""
-    sweep = read_sweep(path)
+def load_sweep(path: str | Path, seeds: Optional[list[int]] = None) -> Sweep:
+    """The sweep at `path` (seeds as `read_sweep`) with every point expanded and validated (and its packs, if it
+    packs trials)."""
+    sweep = read_sweep(path, seeds)
     points = sweep.points  # expanded and validated now, before anything runs
     if sweep.spec.resources.pack != 1:
         from harness.pack import packs
@@ -378,19 +383,37 @@ def load_sweep(path: str | Path) -> Sweep:
     return sweep
 
 
-def in_order(path: str | Path, load: Callable[[Path], Sweep] = load_sweep, _stack: tuple = ()) -> list[Sweep]:
+def in_order(path: str | Path, load: Callable[..., Sweep] = load_sweep, _stack: tuple = (),
+             seeds: Optional[list[int]] = None) -> list[Sweep]:
     """The sweep and every sweep it depends on, dependencies first (each once), each read by `load` (load_sweep
-    expands and validates every point; read_sweep leaves them to `Sweep.stream`)."""
+    expands and validates every point; read_sweep leaves them to `Sweep.stream`); `seeds` applies to the sweep
+    at `path` only, not to those it depends on."""
     path = Path(path).resolve()
     if path in _stack:
         raise ConfigError(f"{path}: depends_on forms a cycle ({' -> '.join(p.name for p in _stack + (path,))})")
-    sweep = load(path)
+    sweep = load(path, seeds)
     out: list[Sweep] = []
     for dep in sweep.spec.depends_on:
         for s in in_order(path.parent / dep, load, _stack + (path,)):
             if s.source not in [o.source for o in out]:
                 out.append(s)
     return out + [sweep]
+
+
+def seed_list(text: str) -> list[int]:
+    """`--seeds`: '0-9', '0,3,5' or '0-3,8' as a list of distinct seeds in the order given."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            span = range(int(lo), int(hi) + 1) if dash else [int(lo)]
+        except ValueError:
+            span = []
+        if not span:
+            raise ConfigError(f"--seeds {text!r}: expected seeds as '0-9', '0,3,5' or '0-3,8' (non-negative "
+                              f"integers, each range low-high)")
+        seeds += [s for s in span if s not in seeds]
+    return seeds
 
 
 def state_of(out: Path, p: Point) -> str:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import CheckpointError, ConfigError, DataError, ResultsError
-from harness.grid import FINISHED, in_order, load_sweep, plan, read_sweep, write_resolved
+from harness.grid import FINISHED, in_order, load_sweep, plan, read_sweep, seed_list, write_resolved
 from harness.layout import RunDir
 from harness.runner import mark_failed, run_point
 from harness.tune_driver import LOOPBACK, run_sweep
@@ -52,8 +52,9 @@ def add_train(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
+    seeds = seed_list(args.seeds) if args.seeds else None
     if args.target == "plan":
-        for s in in_order(need_yaml(args), read_sweep):
+        for s in in_order(need_yaml(args), read_sweep, seeds=seeds):
             out = Path(args.out) / s.name if args.out else None
             for line in plan(s, out if out and out.exists() else None, None if args.all else 10):
                 print(line, flush=True)
@@ -64,7 +65,7 @@ def cmd_sweep(args) -> int:
                     print(line, flush=True)
         return 0
     if args.target == "trial":
-        sweep = load_sweep(need_yaml(args))
+        sweep = load_sweep(need_yaml(args), seeds)
         if not 0 <= args.index < len(sweep.points):
             raise ConfigError(f"--index {args.index}: sweep {sweep.name} has points 0..{len(sweep.points) - 1}")
         out = Path(args.out).resolve() / sweep.name
@@ -75,7 +76,7 @@ def cmd_sweep(args) -> int:
     if args.config:
         raise ConfigError(f"unexpected argument {args.config!r} (usage: heurbench sweep x.yaml | sweep plan x.yaml)")
     failed = 0
-    for s in in_order(args.target):
+    for s in in_order(args.target, seeds=seeds):
         counts = run_sweep(s, Path(args.out), args.address, args.num_cpus, args.num_gpus, wait=args.wait,
                            node_ip=args.node_ip)
         failed += counts.get("failed", 0) + counts.get("running", 0) + counts.get("pending", 0)
@@ -101,6 +102,9 @@ def add_sweep(sub) -> None:
     p.add_argument("--num-cpus", type=int, default=int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or None,
                    help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray cluster (default: all visible)")
+    p.add_argument("--seeds", metavar="LIST",
+                   help="the named sweep's seeds instead of its YAML's `seeds:`, e.g. 0-9 or 0,3,5 (not those of the "
+                        "sweeps it depends on); finished trials are kept, only the new seeds train")
     p.add_argument("--index", type=int, default=0, help="'trial': the grid point to run in this process")
     p.add_argument("--all", action="store_true", help="'plan': list every trial (default: the first 10)")
     p.add_argument("--estimate", action="store_true",

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from harness.errors import ConfigError
-from harness.grid import in_order, load_sweep
+from harness.grid import in_order, load_sweep, seed_list
 from harness.metrics import tag_columns
 from harness.runner import run_point
 from heurbench.cli import main
@@ -214,6 +214,32 @@ def test_killed_driver_rerun_skips_finished_and_resumes_unfinished(trial_dict, t
         assert sorted(df[(df.trial_id == tid) & (df.kind == "step")].iteration) == list(range(0, n, 2))
         test_rows = df[(df.trial_id == tid) & (df.kind == "eval") & (df.split == "test")]
         assert sorted(test_rows.iteration) == list(range(8, n + 1, 8))
+
+
+def test_seed_lists_parse_ranges_and_refuse_nonsense():
+    assert seed_list("0-3") == [0, 1, 2, 3] and seed_list("5,0-2,1") == [5, 0, 1, 2] and seed_list("7") == [7]
+    for bad in ("", "3-1", "-1", "a", "0-", "1,,2"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            seed_list(bad)
+
+
+@pytest.mark.slow
+def test_more_seeds_train_only_the_new_ones_and_leave_finished_trials_untouched(trial_dict, tmp_path, ray_address):
+    """`--seeds 0-3` over a finished seeds [0, 1] sweep: two new trials, the two finished ones' files unchanged."""
+    path = write_sweep(tmp_path, trial_dict, seeds=[0, 1])
+    out = tmp_path / "runs" / "s"
+    assert subprocess.run(sweep_cmd(path, tmp_path / "runs", ray_address), capture_output=True,
+                          timeout=300).returncode == 0
+    old = {f: f.read_bytes() for f in out.rglob("*") if f.is_file() and ("trials" in f.parts or "metrics" in f.parts)}
+    r = subprocess.run(sweep_cmd(path, tmp_path / "runs", ray_address) + ["--seeds", "0-3"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "4 trials, 2 already finished, 2 to run" in r.stderr
+    assert all(f.read_bytes() == data for f, data in old.items())
+    st = statuses(out)
+    assert len(st) == 4 and {s["state"] for s in st.values()} == {"done"}
+    assert sorted(set(pd.read_parquet(out / "metrics").seed)) == [0, 1, 2, 3]
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["seeds"] == [0, 1, 2, 3]
 
 
 @pytest.mark.slow
