@@ -203,7 +203,8 @@ def layer_similarity(acts_a: Mapping[str, Tensor], acts_b: Mapping[str, Tensor],
     become data points. Every pair uses the same n, the fewest points any pair has (at most max_points;
     seeded subsample), so the heatmap compares like with like. Each pair runs on `device` (default: where
     the activations are). A pair the measure rejects (e.g. a dead, constant layer) is logged with the
-    reason and left NaN, so one layer does not void the heatmap; underdetermined pairs are logged too.
+    reason and left NaN, so one layer does not void the heatmap; underdetermined pairs are logged at DEBUG
+    (`--verbose`): the caller logs one `underdetermined` summary line over all the rows it computed.
     """
     _measure(measure)
     n = min(points(a, b, conv) for a in acts_a.values() for b in acts_b.values())
@@ -219,10 +220,23 @@ def layer_similarity(acts_a: Mapping[str, Tensor], acts_b: Mapping[str, Tensor],
             except ValueError as err:
                 log.warning("%s %s vs %s: %s", measure, name_a, name_b, err)
             if row["underdetermined"]:
-                log.warning("%s %s vs %s: underdetermined, %d points for %d + %d features (< %dx); null %.3f",
+                log.debug("%s %s vs %s: underdetermined, %d points for %d + %d features (< %dx); null %.3f",
                             measure, name_a, name_b, n, row["d_a"], row["d_b"], POINTS_PER_FEATURE, row["null_mean"])
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def underdetermined(rows: pd.DataFrame) -> str | None:
+    """One line over `layer_similarity` rows (of one or many calls): how many pairs are underdetermined and the
+    worst n / (d_a + d_b); None when no pair is."""
+    flagged = rows[rows.underdetermined.astype(bool)].reset_index(drop=True)
+    if flagged.empty:
+        return None
+    ratio = flagged.n / (flagged.d_a + flagged.d_b)
+    worst = flagged.loc[ratio.idxmin()]
+    return (f"{len(flagged)} of {len(rows)} layer pairs underdetermined (n < {POINTS_PER_FEATURE} (d_a + d_b)); "
+            f"worst n / (d_a + d_b) = {ratio.min():.2f} ({worst.layer_a} vs {worst.layer_b}: {worst.n} points for "
+            f"{worst.d_a} + {worst.d_b} features); each pair in the rows' n, d_a, d_b and under --verbose")
 
 
 def cca_rows(model_a: nn.Module, model_b: nn.Module, inputs: Tensor,

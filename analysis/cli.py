@@ -8,6 +8,7 @@ makes (curve bends, SWA averages) as checkpoints under <sweep>/derived/<kind>/.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import yaml
 
 from analysis import plots
 from analysis.activations import fixed_inputs
-from analysis.cca import MEASURES, PERMUTATIONS, cca_rows
+from analysis.cca import MEASURES, PERMUTATIONS, cca_rows, underdetermined
 from analysis.connectivity import KINDS, connect
 from analysis.frequency import frequency
 from analysis.geometry import PAIRS, geometry, segments
@@ -24,6 +25,8 @@ from analysis.landscape import plane
 from analysis.loading import Checkpoints
 from analysis.sharpness import BN_MODES, ITERS, TOL, sharpness
 from analysis.swa import swa_rows
+
+log = logging.getLogger("heurbench.analysis")
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,6 +50,8 @@ def run_cca(a: argparse.Namespace, cs: Checkpoints) -> None:
                     a.measure, a.conv, a.pool_to, a.max_points, a.seed, getattr(torch, a.dtype), a.permutations)
     written = cs.write("cca", rows, measure=a.measure, conv=a.conv, inputs=len(inputs), split=a.split,
                        permutations=a.permutations)
+    if summary := underdetermined(rows):
+        log.warning("%s: %s", a.measure, summary)
     title = f"{a.measure}: {cs.ids[0]}\nvs {cs.ids[1]}"
     plots.similarity_heatmap(rows, cs.run.figure_of(written, "heatmap"), title, cs.ids[1], cs.ids[0])
     diag = rows[rows.index_a == rows.index_b]
@@ -225,7 +230,10 @@ def _entry(run: Run) -> Callable[[argparse.Namespace], None]:
     """The sub-command's func: analysis errors (bad inputs, rank-deficient layers) end as one line, not a traceback."""
     def func(args: argparse.Namespace) -> None:
         try:
-            run(args, Checkpoints.open(args.checkpoints, _data_overrides(args), args.device, args.out, args.batch_size))
+            cs = Checkpoints.open(args.checkpoints, _data_overrides(args), args.device, args.out, args.batch_size)
+            run(args, cs)
+            for path in cs.written:
+                log.info("wrote %s", path)
         except ValueError as err:
             raise SystemExit(f"heurbench analyze {args.analysis}: {err}") from None
     return func

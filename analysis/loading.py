@@ -8,7 +8,7 @@ never imports other harness internals).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,6 +74,7 @@ class Checkpoints:
     device: torch.device
     run: RunDir
     batch_size: int = 500
+    written: list[Path] = field(default_factory=list)  # every part `write` recorded (the caller logs them)
 
     @classmethod
     def open(cls, paths: Sequence[str | Path], data: dict[str, Any] | None = None, device: str | None = None,
@@ -116,7 +117,8 @@ class Checkpoints:
     def write(self, kind: str, rows: pd.DataFrame, ids: Sequence[str] | None = None, **params: Any) -> Path:
         """Record one part of analysis rows keyed by `ids` (default: all the checkpoints) and `params`."""
         path = results.write(self.run.path, kind, rows, self.ids if ids is None else ids, params)
-        log.info("wrote %d %s rows to %s", len(rows), kind, path)
+        log.debug("wrote %d %s rows to %s", len(rows), kind, path)
+        self.written.append(path)
         return path
 
     def write_each(self, kind: str, rows: pd.DataFrame, by: Sequence[str], **params: Any) -> list[Path]:

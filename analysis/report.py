@@ -17,7 +17,7 @@ import yaml
 from analysis import claims as claims_lib
 from analysis import benchmark, html, plots, results
 from analysis.activations import fixed_inputs
-from analysis.cca import PERMUTATIONS, cca_rows
+from analysis.cca import PERMUTATIONS, cca_rows, underdetermined
 from analysis.connectivity import connect as connect_curve
 from analysis.evaluation import evaluate
 from analysis.loading import Checkpoints
@@ -50,6 +50,7 @@ class Report:
         self.metrics = metrics[metrics.trial_id.isin(self.points.trial_id)]
         self.lines: list[str] = [f"# Report: {self.name}", ""]
         self.figures: list[Path] = []
+        self.similarities: list[pd.DataFrame] = []  # every `similarity` call's rows: one underdetermined summary
 
     def ckpt(self, trial_id: str, name: str) -> Path | None:
         p = self.run.trial(trial_id).ckpt(name)
@@ -100,6 +101,9 @@ class Report:
         self.lines += list(lines)
 
     def finish(self) -> Path:
+        if self.similarities and (summary := underdetermined(pd.concat(self.similarities))):
+            log.warning("%s: svcca: %s", self.name, summary)
+            self.say("", f"SVCCA: {summary}.")
         html.write(self.run.report_html, f"{self.name} report", "\n".join(self.lines), self.figures,
                    self.run.report_table("claims"))
         self.say("", "## Figures", *[f"- `{p.relative_to(self.dir)}`" for p in self.figures],
@@ -123,6 +127,7 @@ def similarity(r: Report, a: Path, b: Path, inputs: int, diagonal: bool = False)
                           for i, layer in enumerate(model_a.probe_layers)], ignore_index=True)
     else:
         rows = cca_rows(model_a, model_b, x, test.transform, cs.batch_size)
+    r.similarities.append(rows)
     cs.write("cca", rows, measure="svcca", conv="positions", inputs=inputs, split="test", permutations=PERMUTATIONS,
              diagonal=diagonal)
     return rows

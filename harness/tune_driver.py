@@ -32,6 +32,7 @@ LOOPBACK = "127.0.0.1"
 # Tune's max_failures: a trial whose process, DDP rank or node died runs again, at most this many times, resuming
 # from its last.pt
 TRIAL_RETRIES = 2
+PROGRESS_EVERY = 10.0  # seconds between the driver's progress lines
 
 
 def tune_trial(config: dict, jobs: dict, out: str, workers: int, cwd: str) -> None:
@@ -56,14 +57,15 @@ def tune_trial(config: dict, jobs: dict, out: str, workers: int, cwd: str) -> No
 
 
 def progress_callback(sweep: Sweep, out: Path, jobs: dict[int, list[Point]], total: int, already: int):
-    """A Tune callback logging one line per finished trial (counts and ETA) and one per retried trial."""
+    """A Tune callback logging progress (the finished trial, counts and ETA) at most every PROGRESS_EVERY seconds,
+    and always for the last trial and a failed one; and one line per retried trial."""
     from ray import tune
 
     from harness.train import fmt_eta
 
     class Progress(tune.Callback):
         def __init__(self):
-            self.t0, self.finished, self.states = time.time(), 0, {}
+            self.t0, self.finished, self.states, self.shown = time.time(), 0, {}, 0.0
 
         def _log(self, trial, failed: bool) -> None:
             for p in jobs[trial.config["job"]]:
@@ -73,6 +75,9 @@ def progress_callback(sweep: Sweep, out: Path, jobs: dict[int, list[Point]], tot
                 self.states[state] = self.states.get(state, 0) + 1
                 elapsed = time.time() - self.t0
                 left = total - already - self.finished
+                if elapsed - self.shown < PROGRESS_EVERY and left and state != "failed":
+                    continue
+                self.shown = elapsed
                 counts = ", ".join(f"{n} {s}" for s, n in sorted(self.states.items()))
                 log.info("sweep %s: trial %s (point %d) %s | %d/%d finished (%s) | %s elapsed, ETA %s", sweep.name,
                          p.trial_id, p.index, state, already + self.finished, total, counts, fmt_eta(elapsed),
@@ -143,12 +148,25 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_
     host = node_ip if local else (parse_address(address) or ("",))[0]
     enabled = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = enabled and not is_localhost(host)
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice.addFilter(drop_token_notice)
     try:
         ray.init(address=address or "local", num_cpus=num_cpus if local else None,
                  num_gpus=num_gpus if local else None, _node_ip_address=node_ip if local else None,
                  include_dashboard=False, log_to_driver=True, configure_logging=False, runtime_env=env)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
+        notice.removeFilter(drop_token_notice)
+    total = ray.cluster_resources()
+    log.info("ray: %s on %s (%g CPUs, %g GPUs; RAY_AUTH_MODE=%s)", "a new local Ray cluster" if local else
+             "joined the Ray cluster", node_ip if local else address, total.get("CPU", 0), total.get("GPU", 0),
+             os.environ.get("RAY_AUTH_MODE", "token" if local else "as the cluster's"))
+
+
+def drop_token_notice(record: logging.LogRecord) -> bool:
+    """Ray's 'Token authentication is enabled ...' notice on starting a local cluster: `init_ray`'s own line says
+    what was started, with the auth mode."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Optional[int],
@@ -171,6 +189,7 @@ def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Option
             partial(tune_trial, jobs={j: [p.cfg for p in ps] for j, ps in jobs.items()}, out=str(out),
                     workers=r.workers_per_trial, cwd=os.getcwd()),
             {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment box or TensorBoard hint (verbose=0)
         tuner = tune.Tuner(
             trainable, param_space={"job": tune.grid_search(list(jobs))},
             tune_config=tune.TuneConfig(reuse_actors=True),  # one process per slot, not per trial: no re-import

@@ -160,6 +160,8 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     """The parser for the arguments `argv` (default sys.argv[1:])."""
     p = argparse.ArgumentParser(prog="heurbench", description=__doc__.splitlines()[0])
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="heurbench's debug lines too (e.g. each underdetermined CCA layer pair)")
     sub = p.add_subparsers(dest="command", required=True)
     command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
     for add in COMMANDS.values():
@@ -176,6 +178,8 @@ def main(argv=None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    if args.verbose:
+        logging.getLogger("heurbench").setLevel(logging.DEBUG)
     try:
         return args.func(args) or 0
     except (ConfigError, DataError, CheckpointError, ResultsError, FileNotFoundError, IsADirectoryError,

@@ -1,4 +1,6 @@
 """analysis.cca against brute-force numpy references written here, plus invariances, noise floors and errors."""
+import pandas as pd
+import logging
 import math
 
 import numpy as np
@@ -280,7 +282,8 @@ def test_underdetermined_flag_fires_exactly_below_ten_points_per_feature(caplog)
     g = torch.Generator().manual_seed(0)
     acts = {"w4": torch.randn(200, 4, generator=g), "w16": torch.randn(200, 16, generator=g),
             "w6": torch.randn(200, 6, generator=g)}
-    rows = layer_similarity(acts, acts, measure="cka")
+    with caplog.at_level(logging.DEBUG, logger="heurbench.analysis"):  # each pair's line is DEBUG (--verbose)
+        rows = layer_similarity(acts, acts, measure="cka")
     expected = [200 < 10 * (a + b) for a, b in zip(rows.d_a, rows.d_b)]
     assert rows.underdetermined.tolist() == expected and any(expected) and not all(expected)
     assert not rows.set_index(["layer_a", "layer_b"]).underdetermined[("w4", "w16")]  # 200 = 10 (4 + 16): not below
@@ -289,3 +292,14 @@ def test_underdetermined_flag_fires_exactly_below_ten_points_per_feature(caplog)
     low_rank = torch.randn(200, 3, generator=g) @ torch.randn(3, 30, generator=g)
     row = layer_similarity({"low": low_rank}, {"w6": acts["w6"]}, measure="svcca").iloc[0]
     assert row.d_a == svd_reduce(low_rank).shape[1] <= 3 and not row.underdetermined  # widths after truncation
+
+
+def test_underdetermined_summary_counts_pairs_and_names_the_worst():
+    from analysis.cca import underdetermined
+
+    rows = pd.DataFrame({"layer_a": ["a", "b", "c", "a"], "layer_b": ["a", "b", "c", "b"], "n": [100, 100, 100, 30],
+                         "d_a": [5, 20, 2, 5], "d_b": [5, 30, 2, 10], "underdetermined": [False, True, False, True]},
+                        index=[0, 0, 1, 1])  # concatenated calls repeat index labels
+    line = underdetermined(rows)
+    assert line.startswith("2 of 4 layer pairs underdetermined") and "= 2.00 (b vs b: 100 points for 20 + 30" in line
+    assert underdetermined(rows[~rows.underdetermined]) is None

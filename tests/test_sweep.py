@@ -1,6 +1,7 @@
 """harness.grid, harness.tune_driver and `heurbench sweep`: grid expansion and validation, `sweep plan`, and real Ray Tune sweeps (local cluster),
 including a driver killed mid-sweep and re-run (finished trials skipped, unfinished ones resumed)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -240,6 +241,16 @@ def test_more_seeds_train_only_the_new_ones_and_leave_finished_trials_untouched(
     assert len(st) == 4 and {s["state"] for s in st.values()} == {"done"}
     assert sorted(set(pd.read_parquet(out / "metrics").seed)) == [0, 1, 2, 3]
     assert yaml.safe_load((out / "sweep.yaml").read_text())["seeds"] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_new_local_cluster_is_announced_by_heurbench_not_by_rays_notices(trial_dict, tmp_path):
+    path = write_sweep(tmp_path, trial_dict)
+    r = subprocess.run([sys.executable, "-m", "heurbench.cli", "sweep", str(path), "--out", str(tmp_path / "runs"),
+                        "--num-cpus", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"ray: a new local Ray cluster on 127.0.0.1 \(1 CPUs, 0 GPUs; RAY_AUTH_MODE=\w+\)", r.stderr)
+    assert not re.search("Token authentication is enabled|tensorboard|Configuration for experiment", r.stderr)
 
 
 @pytest.mark.slow
