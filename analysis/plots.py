@@ -132,7 +132,7 @@ def forest(evidence, path: str | Path, title: str = "", xlabel: str = "") -> Pat
     mean or rate (diamond) and its 95% interval (bar); the rule's thresholds as vertical lines."""
     plt = _pyplot()
     groups = evidence.groups
-    fig, ax = plt.subplots(figsize=(4.8, 1.3 + 0.45 * max(len(groups), 1)))
+    fig, ax = plt.subplots(figsize=(4.8, 1.3 + 0.45 * len(groups)))
     for y, g in enumerate(groups):
         x = g["values"][np.isfinite(g["values"])]
         ax.scatter(x, y + np.linspace(-0.15, 0.15, len(x)), s=12, color="0.45", zorder=2)
@@ -141,11 +141,10 @@ def forest(evidence, path: str | Path, title: str = "", xlabel: str = "") -> Pat
         ax.scatter([g["mean"]], [y], marker="D", s=30, color="C0", zorder=4)
     for m in evidence.lines:
         ax.axvline(m, color="C3", linestyle="--", linewidth=1)
-    labels = [f"{g['label']} (n = {g['n']})" for g in groups]
-    ax.set_yticks(range(len(groups)), labels, fontsize=7)
-    ax.set_ylim(-0.6, len(groups) - 0.4)
+    ax.set_yticks(range(len(groups)), [f"{g['label']} (n = {g['n']})" for g in groups], fontsize=7)
+    ax.set_ylim(len(groups) - 0.4, -0.6)  # the first group on top
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_xlabel(textwrap.fill(xlabel, 70), fontsize=7)
+    ax.set_xlabel(textwrap.fill(xlabel, 60), fontsize=7)
     ax.set_title(title + (f"\nnot in this sweep: {', '.join(evidence.missing)}" if evidence.missing else ""),
                  fontsize=8)
     return _save(fig, path)
