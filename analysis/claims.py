@@ -152,8 +152,9 @@ def _note(missing, n) -> str:
 @dataclass(frozen=True)
 class Evidence:
     """What decides a claim on a per-seed frame, one group per interval (a Claim: its statistic; a RateClaim: each
-    setting's outcome): its label, per-seed `values` (NaN dropped), n, mean (a rate claim: the rate k / n) and
-    95% interval lo, hi. `lines`: the rule's thresholds (none for a rate claim); `missing`: columns not in the frame."""
+    setting's outcome): its label, per-seed `values` (NaN dropped), n, mean (a rate claim: the rate k / n; a Claim
+    also has std) and 95% interval lo, hi. `lines`: the rule's thresholds (none for a rate claim); `missing`: the
+    columns the frame lacks."""
     groups: tuple[dict, ...]
     lines: tuple[float, ...]
     missing: tuple[str, ...]
@@ -173,9 +174,9 @@ def evidence(claim: Claim | RateClaim, frame: pd.DataFrame) -> Evidence:
         return Evidence(tuple(groups), (), missing)
     values = pd.Series(dtype=float) if missing else claim.per_seed(frame).dropna()
     label = " - ".join(claim.columns) if claim.value is None else claim.id
-    m = claim.rule.margin
-    return Evidence(({"label": label, "values": values, **interval(values, method=claim.method, bounds=claim.bounds)},),
-                    (-m, m) if claim.rule.kind == "within" else (m,), missing)
+    s, m = interval(values, method=claim.method, bounds=claim.bounds), claim.rule.margin
+    lines = (-m, m) if claim.rule.kind == "within" else (m,)
+    return Evidence(({"label": label, "values": values, **s},), lines, missing)
 
 
 def judge_rate(claim: RateClaim, frame: pd.DataFrame) -> dict:
@@ -188,8 +189,8 @@ def judge_rate(claim: RateClaim, frame: pd.DataFrame) -> dict:
     verdict = HELD if p_lower < claim.alpha else NOT_HELD if p_higher < claim.alpha else INCONCLUSIVE
     needed = stats.seeds_needed_rates(ka, na, kb, nb, claim.alpha) if verdict == INCONCLUSIVE and na and nb else None
     note = _note(ev.missing, min(na, nb)) if ev.missing or not (na and nb) else (
-        f"{a['label']} {ka}/{na} [{a['lo']:.3g}, {a['hi']:.3g}], {b['label']} {kb}/{nb} [{b['lo']:.3g}, {b['hi']:.3g}]; "
-        f"p = {p_lower:.3g}")
+        f"{a['label']} {ka}/{na} [{a['lo']:.3g}, {a['hi']:.3g}], {b['label']} {kb}/{nb} [{b['lo']:.3g}, "
+        f"{b['hi']:.3g}]; p = {p_lower:.3g}")
     if verdict == INCONCLUSIVE and na and nb:
         note += (f"; estimate: ~{needed} seeds per setting at these rates would decide it" if needed else
                  "; no number of seeds decides it at these rates")
