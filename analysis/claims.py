@@ -149,30 +149,58 @@ def _note(missing, n) -> str:
             f"{n} seed(s) with a value; an interval needs 2" if n < 2 else "")
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What decides a claim on a per-seed frame, one group per interval (a Claim: its statistic; a RateClaim: each
+    setting's outcome): its label, per-seed `values` (NaN dropped), n, mean (a rate claim: the rate k / n; a Claim
+    also has std) and 95% interval lo, hi. `lines`: the rule's thresholds (none for a rate claim); `missing`: the
+    columns the frame lacks."""
+    groups: tuple[dict, ...]
+    lines: tuple[float, ...]
+    missing: tuple[str, ...]
+
+
+def evidence(claim: Claim | RateClaim, frame: pd.DataFrame) -> Evidence:
+    """The per-seed values and intervals that `judge` decides `claim` on."""
+    missing = tuple(c for c in claim.columns if c not in frame)
+    if isinstance(claim, RateClaim):
+        groups = []
+        for c in claim.columns:
+            x = pd.Series(dtype=float) if missing else frame[c].astype(float).dropna()
+            k, n = int(x.sum()), len(x)
+            lo, hi = stats.clopper_pearson(k, n)
+            groups.append({"label": c, "values": x, "k": k, "n": n, "mean": k / n if n else float("nan"),
+                           "lo": lo, "hi": hi})
+        return Evidence(tuple(groups), (), missing)
+    values = pd.Series(dtype=float) if missing else claim.per_seed(frame).dropna()
+    label = " - ".join(claim.columns) if claim.value is None else claim.id
+    s, m = interval(values, method=claim.method, bounds=claim.bounds), claim.rule.margin
+    lines = (-m, m) if claim.rule.kind == "within" else (m,)
+    return Evidence(({"label": label, "values": values, **s},), lines, missing)
+
+
 def judge_rate(claim: RateClaim, frame: pd.DataFrame) -> dict:
     """The claims-table row of a RateClaim on a per-seed frame."""
-    missing = [c for c in claim.columns if c not in frame]
-    a, b = (pd.Series(dtype=float) if missing else frame[c].astype(float).dropna() for c in claim.columns)
-    (ka, na), (kb, nb) = (int(a.sum()), len(a)), (int(b.sum()), len(b))
-    (alo, ahi), (blo, bhi) = stats.clopper_pearson(ka, na), stats.clopper_pearson(kb, nb)
+    ev = evidence(claim, frame)
+    a, b = ev.groups
+    ka, na, kb, nb = a["k"], a["n"], b["k"], b["n"]
     p_lower = stats.lower_rate_p(ka, na, kb, nb) if na and nb else float("nan")
     p_higher = stats.lower_rate_p(kb, nb, ka, na) if na and nb else float("nan")
     verdict = HELD if p_lower < claim.alpha else NOT_HELD if p_higher < claim.alpha else INCONCLUSIVE
     needed = stats.seeds_needed_rates(ka, na, kb, nb, claim.alpha) if verdict == INCONCLUSIVE and na and nb else None
-    note = _note(missing, min(na, nb)) if missing or not (na and nb) else (
-        f"{claim.columns[0]} {ka}/{na} [{alo:.3g}, {ahi:.3g}], {claim.columns[1]} {kb}/{nb} [{blo:.3g}, {bhi:.3g}]; "
-        f"p = {p_lower:.3g}")
+    note = _note(ev.missing, min(na, nb)) if ev.missing or not (na and nb) else (
+        f"{a['label']} {ka}/{na} [{a['lo']:.3g}, {a['hi']:.3g}], {b['label']} {kb}/{nb} [{b['lo']:.3g}, "
+        f"{b['hi']:.3g}]; p = {p_lower:.3g}")
     if verdict == INCONCLUSIVE and na and nb:
         note += (f"; estimate: ~{needed} seeds per setting at these rates would decide it" if needed else
                  "; no number of seeds decides it at these rates")
-    rate = lambda k, n: k / n if n else float("nan")  # noqa: E731
     return {"study": claim.study, "claim": claim.id, "statement": claim.statement, "statistic": claim.statistic,
             "rule": f"rate lower (p < {claim.alpha:g})", "method": claim.method_name(), "seeds": min(na, nb),
-            "mean": rate(ka, na) - rate(kb, nb), "ci_lo": float("nan"), "ci_hi": float("nan"), "p_value": p_lower,
-            "interval": f"a [{alo:.3g}, {ahi:.3g}], b [{blo:.3g}, {bhi:.3g}]", "seeds_needed": needed,
+            "mean": a["mean"] - b["mean"], "ci_lo": float("nan"), "ci_hi": float("nan"), "p_value": p_lower,
+            "interval": f"a [{a['lo']:.3g}, {a['hi']:.3g}], b [{b['lo']:.3g}, {b['hi']:.3g}]", "seeds_needed": needed,
             "verdict": verdict, "note": note,
-            "per_seed": "; ".join(f"{c}: " + ", ".join(f"{s}: {v:g}" for s, v in x.items())
-                                  for c, x in zip(claim.columns, (a, b)))}
+            "per_seed": "; ".join(f"{g['label']}: " + ", ".join(f"{s}: {v:g}" for s, v in g["values"].items())
+                                  for g in ev.groups)}
 
 
 def judge(claim: Claim | RateClaim, frame: pd.DataFrame) -> dict:
@@ -180,13 +208,12 @@ def judge(claim: Claim | RateClaim, frame: pd.DataFrame) -> dict:
     many seeds its interval would need at the spread observed (an estimate, analysis.stats.seeds_needed_t)."""
     if isinstance(claim, RateClaim):
         return judge_rate(claim, frame)
-    missing = [c for c in claim.columns if c not in frame]
-    values = pd.Series(dtype=float) if missing else claim.per_seed(frame)
-    s = interval(values, method=claim.method, bounds=claim.bounds)
-    verdict = Rule.verdict(claim.rule, s["lo"], s["hi"])
-    note = _note(missing, s["n"])
+    ev = evidence(claim, frame)
+    s = ev.groups[0]
+    verdict = claim.rule.verdict(s["lo"], s["hi"])
+    note = _note(ev.missing, s["n"])
     needed = None
-    if verdict == INCONCLUSIVE and not missing and s["n"] >= 2:
+    if verdict == INCONCLUSIVE and not ev.missing and s["n"] >= 2:
         needed = stats.seeds_needed_t(s["mean"], s["std"], claim.rule.kind, claim.rule.margin)
         note = (f"estimate: ~{needed} seeds at this mean and spread would clear the margin" if needed else
                 "estimate: no number of seeds clears the margin at this mean")
@@ -194,9 +221,22 @@ def judge(claim: Claim | RateClaim, frame: pd.DataFrame) -> dict:
             "rule": str(claim.rule), "method": claim.method_name(), "seeds": s["n"], "mean": s["mean"],
             "ci_lo": s["lo"], "ci_hi": s["hi"], "p_value": float("nan"), "interval": f"[{s['lo']:.4g}, {s['hi']:.4g}]",
             "seeds_needed": needed, "verdict": verdict, "note": note,
-            "per_seed": ", ".join(f"{k}: {v:.4g}" for k, v in values.dropna().items())}
+            "per_seed": ", ".join(f"{k}: {v:.4g}" for k, v in s["values"].items())}
 
 
 def table(claims: list, frame: pd.DataFrame) -> pd.DataFrame:
     """One row per claim (see `judge`)."""
     return pd.DataFrame([judge(c, frame) for c in claims])
+
+
+COLUMNS = ("claim", "verdict", "mean", "interval", "rule", "seeds", "method", "statistic", "note")
+
+
+def markdown(rows) -> str:
+    """The claims table as markdown (report, report.html and quickstart print it): the COLUMNS that `rows` (a
+    `table` frame or its row dicts) have, in that order, verdict right after claim."""
+    df = pd.DataFrame(rows)
+    absent = [c for c in ("claim", "verdict") if c not in df]
+    if absent:
+        raise ValueError(f"claims table: no {absent[0]!r} column (it has {list(df.columns)})")
+    return df[[c for c in COLUMNS if c in df]].to_markdown(index=False, floatfmt=".4g")

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import Sequence
 
 import markdown
 import pandas as pd
 
+from analysis import claims as claims_lib
 from analysis.results import atomic_write
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 1200px; margin: 1em auto; padding: 0 1em; color: #222; }
 nav { font-size: 13px; margin-bottom: 1em; } nav a { margin-right: 1em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 12px; display: block; overflow-x: auto; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { white-space: nowrap; } td { max-width: 26em; white-space: normal; overflow-wrap: break-word; }
 th { background: #f0f0f0; cursor: pointer; user-select: none; position: sticky; top: 0; }
 th.asc::after { content: " \\25B2"; } th.desc::after { content: " \\25BC"; }
 tr:nth-child(even) td { background: #fafafa; }
@@ -24,7 +27,7 @@ td.held { background: #d9f2d9 !important; } td.not-held { background: #f8d7d7 !i
 td.inconclusive { background: #eee !important; }
 code { background: #f3f3f3; padding: 0 3px; }
 figure { display: inline-block; margin: 0 1em 1.5em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #ddd; } figcaption { font-size: 12px; color: #555; }
+img { max-width: 100%; border: 1px solid #ddd; } figcaption { font-size: 12px; color: #555; }
 """
 
 # Click a header to sort its table (numbers by their first number, e.g. "0.91 [0.90, 0.92]", else as text);
@@ -62,14 +65,27 @@ def sections(text: str) -> list[tuple[str, str]]:
 
 def page(title: str, text: str, figures: Sequence[Path] = (), claims: pd.DataFrame | None = None) -> str:
     """The HTML page: `text` (markdown) with its `## Claims` section first (else the `claims` table, if given),
-    then the figures, each PNG inline under its file name."""
+    then the figures, each PNG inline: where the markdown shows it (an image of the same file name), else under
+    its file name in the figures section."""
     parts = sections(text)
     first = [p for p in parts if p[0] == "Claims"]
     rest = [p for p in parts if p[0] != "Claims"]
     if not first and claims is not None:
-        first = [("Claims", "## Claims\n\n" + claims.to_markdown(index=False, floatfmt=".4g"))]
+        first = [("Claims", "## Claims\n\n" + claims_lib.markdown(claims))]
     ordered = rest[:1] + first + rest[1:]
-    body = [markdown.markdown(md, extensions=["tables"]) for _, md in ordered]
+    found = {Path(f).name: Path(f) for f in figures if Path(f).is_file()}
+    shown: set[str] = set()
+
+    def inline(m: re.Match) -> str:
+        name = Path(m.group(2)).name
+        if name not in found:
+            return m.group(0)
+        shown.add(name)
+        return m.group(1) + _data(found[name]) + '"'
+
+    body = [re.sub(r'(<img [^>]*src=")([^"]*)"', inline, markdown.markdown(md, extensions=["tables"]))
+            for _, md in ordered]
+    figures = [f for f in figures if Path(f).name not in shown]
     heads = [h for h, _ in ordered if h] + (["Figures"] if figures else [])
     nav = " ".join(f'<a href="#{_anchor(h)}">{html.escape(h)}</a>' for h in heads)
     body = [b.replace("<h2>", f'<h2 id="{_anchor(h)}">', 1) for (h, _), b in zip(ordered, body)]
@@ -96,6 +112,9 @@ def _figure(path: Path) -> str:
     name = html.escape(path.name)
     if not path.is_file():
         return f"<p>missing figure: <code>{name}</code></p>"
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure id="fig-{_anchor(path.stem)}"><img src="data:image/png;base64,{data}" alt="{name}">'
+    return (f'<figure id="fig-{_anchor(path.stem)}"><img src="{_data(path)}" alt="{name}">'
             f"<figcaption>{name}</figcaption></figure>")
+
+
+def _data(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")

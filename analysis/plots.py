@@ -1,6 +1,7 @@
 """Figures for the analyses, drawn with matplotlib's Agg backend (imported only when drawing)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -123,4 +124,27 @@ def plane_contour(grid: pd.DataFrame, value: str, points: pd.DataFrame, path: st
         ax.annotate(str(p["label"]), (p["x"], p["y"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="x (weight-space units)", ylabel="y (weight-space units)")
     ax.set_title(title, fontsize=8)
+    return _save(fig, path)
+
+
+def forest(evidence, path: str | Path, title: str = "", xlabel: str = "") -> Path:
+    """A claim's forest plot (analysis.claims.evidence): per group one row, each seed's value (points), the
+    mean or rate (diamond) and its 95% interval (bar); the rule's thresholds as vertical lines."""
+    plt = _pyplot()
+    groups = evidence.groups
+    fig, ax = plt.subplots(figsize=(4.8, 1.3 + 0.45 * len(groups)))
+    for y, g in enumerate(groups):
+        x = g["values"][np.isfinite(g["values"])]
+        ax.scatter(x, y + np.linspace(-0.15, 0.15, len(x)), s=12, color="0.45", zorder=2)
+        if np.isfinite(g["lo"]):
+            ax.plot([g["lo"], g["hi"]], [y, y], color="C0", linewidth=3, solid_capstyle="butt", zorder=3)
+        ax.scatter([g["mean"]], [y], marker="D", s=30, color="C0", zorder=4)
+    for m in evidence.lines:
+        ax.axvline(m, color="C3", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(groups)), [f"{g['label']} (n = {g['n']})" for g in groups], fontsize=7)
+    ax.set_ylim(len(groups) - 0.4, -0.6)  # the first group on top
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel(textwrap.fill(xlabel, 60), fontsize=7)
+    ax.set_title(title + (f"\nnot in this sweep: {', '.join(evidence.missing)}" if evidence.missing else ""),
+                 fontsize=8)
     return _save(fig, path)

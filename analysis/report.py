@@ -199,15 +199,17 @@ def outcomes(acc: pd.DataFrame, by: str, chance: float) -> pd.DataFrame:
 
 
 def claims(r: Report, claims: list, frame: pd.DataFrame) -> pd.DataFrame:
-    """The study's claims judged on the per-seed `frame` (analysis.claims): table `claims` and the report's
-    claims section."""
+    """The study's claims judged on the per-seed `frame` (analysis.claims): table `claims`, a forest plot per
+    claim (figures/claim_<id>.png) and the report's claims section, the plots under the table."""
     table = r.table("claims", claims_lib.table(claims, frame))
+    forests = [plots.forest(claims_lib.evidence(c, frame), r.figure(f"claim_{c.id}"), f"{c.id}: {verdict}",
+                            c.statistic) for c, verdict in zip(claims, table.verdict)]
     r.say("## Claims", "", "Each claim's statistic per seed (paired by seed), its mean over seeds and 95% interval "
           "(method named per row, inside the statistic's range); rate claims: each setting's exact interval and an "
           "exact test. The verdict applies the rule (declared in the study's code before any run). Seeds needed: an "
-          "estimate at the spread observed, not a promise.", "",
-          table[["claim", "statistic", "rule", "method", "seeds", "mean", "interval", "verdict", "note"]]
-          .to_markdown(index=False, floatfmt=".4g"), "",
+          "estimate at the spread observed, not a promise. Under the table, each claim's seeds (points), mean or "
+          "rate (diamond) and interval (bar) against its rule's thresholds (dashed).", "",
+          claims_lib.markdown(table), "", *[f"![{p.stem}]({p.relative_to(r.dir)})" for p in forests], "",
           *[f"- `{c.id}`: {c.statement}" for c in claims], "")
     return table
 

@@ -18,6 +18,7 @@ the benchmark sections, the same for every study.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.registry import Entry, register
@@ -55,6 +56,9 @@ def check_study(e: Entry) -> str | None:
     ids = [c.id for c in cls.claims]
     if len(set(ids)) != len(ids):
         return f"claims: ids repeat ({sorted({i for i in ids if ids.count(i) > 1})})"
+    odd = [i for i in ids if not re.fullmatch(r"[\w.-]+", i)]
+    if odd:
+        return f"claims: id {odd[0]!r} is no file name (letters, digits, _ . -); the report writes claim_<id>.png"
     unknown = sorted(set(cls.sizes) - set(SIZES))
     if unknown:
         return f"sizes: {unknown[0]!r} is no report option; expected keys among {sorted(SIZES)}"

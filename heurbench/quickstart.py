@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import claims
 from analysis.report import report
 from harness.grid import load_sweep
 from harness.layout import RunDir
@@ -25,10 +26,8 @@ def cmd_quickstart(args) -> int:
     counts = run_sweep(sweep, Path(args.out), address=args.address, num_cpus=args.num_cpus)
     run = RunDir(Path(args.out).resolve() / sweep.name)
     summary = report(run.path)
-    claims = pd.read_parquet(run.report_table("claims"))
     print("\nS3 claims over seeds (95% intervals, method per row; rules in analysis/studies/s3_warmup.py):\n")
-    print(claims[["claim", "rule", "method", "seeds", "mean", "interval", "verdict", "note"]]
-          .to_markdown(index=False, floatfmt=".4f"))
+    print(claims.markdown(pd.read_parquet(run.report_table("claims"))))
     print(f"\nquickstart finished in {time.time() - t0:.0f} s: trials {counts}")
     print(f"report:  {summary}\nfigures: {run.figures}")
     print(f"metrics: python3 -c \"from heurbench import results; df = results.load('{run.path}', "

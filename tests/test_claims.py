@@ -161,3 +161,16 @@ def test_a_rate_claim_uses_exact_intervals_and_test():
     assert same["verdict"] == "inconclusive" and "no number of seeds" in same["note"]
     flipped = claims.judge(claims.RateClaim("t", "r", "", "", ("n", "w")), f)
     assert flipped["verdict"] == "not held"
+
+
+def test_markdown_puts_the_verdict_next_to_the_claim():
+    """One renderer for the claims table: the COLUMNS the rows have, in order, the verdict second."""
+    rows = claims.table([Claim("t", "c", "", "a minus b", ("a", "b"), above(0.0)),
+                         claims.RateClaim("t", "r", "", "rate", ("a", "b"))], frame([1, 1, 0], [0, 1, 1]))
+    header = [h.strip() for h in claims.markdown(rows).splitlines()[0].strip("|").split("|")]
+    assert header == list(claims.COLUMNS) and header[:2] == ["claim", "verdict"]
+    assert set(claims.COLUMNS) < set(rows.columns)  # the rest (statement, per_seed, ...) stay in the Parquet
+    assert claims.markdown([{"note": "n", "verdict": "held", "claim": "x"}]).splitlines()[0].split() == \
+        ["|", "claim", "|", "verdict", "|", "note", "|"]
+    with pytest.raises(ValueError, match="claims table: no 'verdict' column"):
+        claims.markdown(rows.drop(columns="verdict"))

@@ -12,10 +12,16 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from analysis import html
+from analysis import html, report
+from analysis.report import Report
+from analysis.studies.s3_warmup import CLAIMS as S3
+from harness.layout import RunDir
+from harness.storage import write_parquet
 
 CLAIMS = pd.DataFrame({"claim": ["warmup-helps", "freeze-equal"], "mean": [0.031, -0.002],
                        "verdict": ["held", "inconclusive"]})
@@ -89,14 +95,23 @@ PROBE_HEAD = """<script>window.__errors = [];
 window.addEventListener("error", e => __errors.push(String(e.message || "not loaded: " + e.target.alt)), true);
 const __ce = console.error; console.error = (...a) => { __errors.push(a.join(" ")); __ce(...a); };</script>"""
 PROBE_TAIL = """<script>window.addEventListener("load", () => {
-  const th = document.querySelectorAll("table")[1].querySelectorAll("th")[1];
-  th.click(); const asc = Array.from(document.querySelectorAll("table")[1].tBodies[0].rows, r => r.cells[1].textContent);
-  th.click(); const desc = Array.from(document.querySelectorAll("table")[1].tBodies[0].rows, r => r.cells[1].textContent);
-  const out = {imgs: Array.from(document.images, i => [i.complete, i.naturalWidth]), errors: __errors, asc, desc,
-               held: document.querySelectorAll("td.held").length};
+  const out = (() => { MEASURE })();
   const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
 });</script>"""
+SORTS = """const table = () => document.querySelectorAll("table")[1], th = table().querySelectorAll("th")[1];
+  th.click(); const asc = Array.from(table().tBodies[0].rows, r => r.cells[1].textContent);
+  th.click(); const desc = Array.from(table().tBodies[0].rows, r => r.cells[1].textContent);
+  return {imgs: Array.from(document.images, i => [i.complete, i.naturalWidth]), errors: __errors, asc, desc,
+          held: document.querySelectorAll("td.held").length};"""
+# the claims table's verdict cells' right edges (px), the right edge of its rightmost cell, how far it scrolls
+# sideways and the page's scroll width
+VERDICTS = """const table = document.querySelector("h2#claims ~ table"), right = c => c.getBoundingClientRect().right;
+  const col = Array.from(table.tHead.rows[0].cells).findIndex(th => th.textContent.trim() === "verdict");
+  return {col, width: innerWidth, rights: Array.from(table.tBodies[0].rows, r => right(r.cells[col])),
+          table_right: Math.max(...Array.from(table.querySelectorAll("td, th"), right)),
+          table_scroll: table.scrollWidth - table.clientWidth, page_scroll_width: document.documentElement.scrollWidth,
+          errors: __errors};"""
 
 
 def chromium() -> str:
@@ -107,19 +122,69 @@ def chromium() -> str:
     return exe
 
 
-def test_page_in_headless_chromium(figures, tmp_path):
-    exe = chromium()
-    page = html.page("toy", text(True), figures)
-    probed = tmp_path / "probed.html"  # the page plus a probe: errors caught before its script, results after load
-    probed.write_text(page.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_TAIL + "</body>", 1))
-    run = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-                          "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],
+def probe(page: str, measure: str, tmp_path: Path, *flags: str) -> tuple[dict, str]:
+    """`page` in headless Chromium, errors caught before its script; `measure` (the body of a JS function, run
+    after load) returns an object, returned here with Chromium's stderr."""
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("<head>", "<head>" + PROBE_HEAD, 1)
+                      .replace("</body>", PROBE_TAIL.replace("MEASURE", measure) + "</body>", 1))
+    run = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                          "--virtual-time-budget=5000", *flags, "--dump-dom", probed.as_uri()],
                          capture_output=True, text=True, timeout=120)
     found = re.search(r'<pre id="probe">(.*?)</pre>', run.stdout)
     assert found, run.stderr[-2000:]
-    probe = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert probe["imgs"] == [[True, 300], [True, 420]]  # every figure decoded, at its pixel width
-    assert probe["errors"] == []
-    assert [line for line in run.stderr.splitlines() if "CONSOLE" in line] == []  # the page logs nothing
-    assert probe["asc"] == ["0.1", "0.9123", "0.95"] and probe["desc"] == ["0.95", "0.9123", "0.1"]
-    assert probe["held"] == 1
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&")), run.stderr
+
+
+def test_page_in_headless_chromium(figures, tmp_path):
+    probed, stderr = probe(html.page("toy", text(True), figures), SORTS, tmp_path)
+    assert probed["imgs"] == [[True, 300], [True, 420]]  # every figure decoded, at its pixel width
+    assert probed["errors"] == []
+    assert [line for line in stderr.splitlines() if "CONSOLE" in line] == []  # the page logs nothing
+    assert probed["asc"] == ["0.1", "0.9123", "0.95"] and probed["desc"] == ["0.95", "0.9123", "0.1"]
+    assert probed["held"] == 1
+
+
+@pytest.fixture
+def report_page(tmp_path) -> RunDir:
+    """report.html of a fabricated sweep (no training) through report.claims and Report.finish: S3's claims on 8
+    seeds of made-up accuracies and instability outcomes (their notes long: exact intervals, p, seeds needed),
+    the SVCCA columns absent (a "nothing in this sweep gives" note), and one more figure."""
+    run = RunDir(tmp_path / "toy")
+    run.figures.mkdir(parents=True)
+    run.sweep_yaml.write_text(yaml.safe_dump({"name": "toy", "base": {"seed": 0},
+                                              "points": [{"index": 0, "trial_id": "t0", "values": {}}]}))
+    write_parquet(run.metrics_part("t0", 0), [{"trial_id": "t0", "iteration": 0}])
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({run: rng.uniform(0.85, 0.95, 8) for run in ("sb", "lb", "lb_warmup", "lb_freeze")},
+                         index=pd.Index(range(8), name="seed"))
+    frame = frame.join(pd.DataFrame({"unstable_" + k: v for k, v in
+                                     {"lb": [1, 1, 0, 1, 0, 1, 1, 0], "lb_warmup": [0, 0, 0, 1, 0, 0, 0, np.nan],
+                                      "lb_freeze": [0, 1, 0, 1, 0, 0, 1, 0]}.items()}))
+    r = Report(run.path)
+    draw(r.figure("test_accuracy"), 300)
+    report.claims(r, S3, frame)
+    r.finish()
+    return run
+
+
+def test_report_page_shows_each_claims_forest_plot_once_under_its_table(report_page):
+    page = report_page.report_html.read_text()
+    p = Parsed(page)
+    assert p.h2 == ["claims", "figures"]
+    claims_part = page[page.index('id="claims"'):page.index('id="figures"')]
+    assert claims_part.index("</table>") < claims_part.index("<img")
+    shown = [base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in p.imgs]
+    assert shown == [report_page.figure(f"claim_{c.id}").read_bytes() for c in S3] + \
+        [report_page.figure("test_accuracy").read_bytes()]  # claims' plots once, under the table; the rest after
+    md = report_page.report_md.read_text()
+    assert all(f"![claim_{c.id}](figures/claim_{c.id}.png)" in md for c in S3)
+
+
+def test_the_claims_verdicts_are_in_view_at_1280_px(report_page, tmp_path):
+    """At a 1280 x 800 window the claims table wraps its long cells (statistic, method, note) instead of scrolling
+    sideways: every verdict cell, and every other, ends inside the window."""
+    probed, _ = probe(report_page.report_html.read_text(), VERDICTS, tmp_path, "--window-size=1280,800")
+    assert probed["width"] == 1280 and len(probed["rights"]) == len(S3) and probed["errors"] == []
+    assert max(probed["rights"]) <= 1280 and probed["table_right"] <= 1280 and probed["table_scroll"] == 0, probed
+    assert probed["page_scroll_width"] <= 1280, probed

@@ -76,6 +76,11 @@ def test_contracts_are_checked_at_registration_in_one_line():
     with pytest.raises(PluginError, match=r"study 'no_claims': claims: expected a non-empty list"):
         register.study("no_claims")(NoClaims)
     assert "no_claims" not in register.names("study")
+    from analysis.claims import Claim, above
+
+    NoClaims.claims = [Claim("x", "a/b", "", "", ("a",), above())]
+    with pytest.raises(PluginError, match=r"study 'odd_id': claims: id 'a/b' is no file name"):
+        register.study("odd_id")(NoClaims)
 
 
 def test_a_plugin_model_that_breaks_the_model_contract_fails_at_build(tmp_path):

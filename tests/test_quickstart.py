@@ -29,13 +29,14 @@ def test_quickstart_runs_sweep_and_report_and_its_one_liner_works(tmp_path, ray_
     assert list(claims.claim) == [c.id for c in CLAIMS] and claims.seeds.max() == 8
     assert set(claims.verdict) <= {"held", "not held", "inconclusive"}
     printed = r.stdout[r.stdout.index("S3 claims"):]
-    for c in claims.itertuples():  # the table printed at the end: each claim with its verdict
-        assert re.search(rf"\| {c.claim} +\|.*\| {c.verdict} +\|", printed), c.claim
+    for c in claims.itertuples():  # the table printed at the end: each claim with its verdict next to it
+        assert re.search(rf"\| {c.claim} +\| {c.verdict} +\|", printed), c.claim
     assert "## Claims" in (run / "report.md").read_text()
     log = (r.stdout + r.stderr).splitlines()  # a log a person reads: progress with ETA, one CCA summary line
     assert len(log) <= 60, "\n".join(log)
     assert "ETA" in r.stderr and r.stderr.count("layer pairs underdetermined") == 1
     assert not re.search(r"vs \S+: underdetermined|Token authentication|tensorboard|wrote \d+ cca rows", r.stderr)
+    assert {f"claim_{c.id}.png" for c in CLAIMS} <= {p.name for p in (run / "figures").glob("*.png")}
     one_liner = re.search(r'python3 -c "(.*)"', r.stdout).group(1)
     out = subprocess.run([sys.executable, "-c", one_liner], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "lb_freeze" in out.stdout, out.stderr
