@@ -22,6 +22,7 @@ from analysis.connectivity import connect as connect_curve
 from analysis.evaluation import evaluate
 from analysis.loading import Checkpoints
 from analysis.swa import swa_rows
+from harness import provenance
 from harness.errors import ConfigError
 from harness.layout import RunDir, checkpoint_name
 from harness.registry import import_plugins, register
@@ -257,11 +258,39 @@ def study_of(r: Report, study: str | None = None) -> tuple[str, "Study"]:
     return entry.name, entry.obj()
 
 
+RAN_ON = ("device", "device_count", "torch", "cuda", "cudnn", "commit")  # the keys of 'What it ran on'
+
+
+def ran_on(r: Report) -> pd.DataFrame:
+    """Section 'What it ran on' and table ran_on: the trials per distinct device and versions (RAN_ON) with their
+    host count; then one warning (also logged) per key of provenance.COMPARED on which the trials differ. The
+    comparison is per sweep: this sweep's trials against each other, never against another sweep's."""
+    ran = [r.status(t).get("provenance") for t in r.points.trial_id]
+    df = pd.DataFrame([{k: str(p.get(k)) for k in {*RAN_ON, *provenance.COMPARED, "host"}} for p in ran if p])
+    r.say("## What it ran on", "")
+    missing = len(ran) - len(df)
+    if missing:
+        r.say(f"{missing} of {len(ran)} trials recorded no provenance (not started, or run before it was "
+              "recorded).", "")
+    if df.empty:
+        return df
+    table = r.table("ran_on", df.groupby(list(RAN_ON)).agg(hosts=("host", "nunique"), trials=("host", "size"))
+                    .reset_index())
+    r.say(table.to_markdown(index=False), "")
+    for k in provenance.COMPARED:
+        counts = df[k].value_counts()
+        if len(counts) > 1:
+            values = ", ".join(f"{v} ({n} of {len(df)} trials)" for v, n in counts.items())
+            log.warning("sweep %s: its trials ran on more than one %s: %s", r.name, k, values)
+            r.say(f"**Warning**: this sweep's trials ran on more than one {k}: {values}.", "")
+    return table
+
+
 def report(run_dir: str | Path, study: str | None = None, target: float | None = None, **sizes) -> Path:
     """Run a study's report on a sweep folder (`study_of` says which): its analyses, its claims judged on the
-    per-seed frame they return, and the benchmark sections. `sizes` (see SIZES) override the study's defaults,
-    which are set for the reduced sweeps; `target` is the accuracy of the benchmark sections' time-to-target
-    table (analysis.benchmark.sections)."""
+    per-seed frame they return, the benchmark sections and what the trials ran on (`ran_on`). `sizes` (see SIZES)
+    override the study's defaults, which are set for the reduced sweeps; `target` is the accuracy of the benchmark
+    sections' time-to-target table (analysis.benchmark.sections)."""
     r = Report(run_dir)
     key, s = study_of(r, study)
     unused = sorted(k for k, v in sizes.items() if v is not None and k not in s.sizes)
@@ -272,6 +301,7 @@ def report(run_dir: str | Path, study: str | None = None, target: float | None =
     frame = s.analyze(r, **{**s.sizes, **given})
     claims(r, s.claims, frame)
     benchmark.sections(r, target)
+    ran_on(r)
     out = r.finish()
     log.info("report: %s (%d figures)", out, len(r.figures))
     return out

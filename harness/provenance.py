@@ -1,9 +1,11 @@
 """Where a trial ran and with what code, recorded in its status.json and every checkpoint it writes:
-heurbench's version and commit, Python, torch, CUDA, the device, the host, the SLURM job; and where each of its
-components (model, data set, optimizer, schedule, heuristics; built in or plug-in) came from (module, package
-version, or a content hash of a plain module file). `--resume` with changed component code, or on another
-torch, device or heurbench commit, logs one warning per difference naming it and goes on (the trial's record
-then shows both: the checkpoint's provenance is the new one from the next save on)."""
+heurbench's version and commit, Python, torch, CUDA, cuDNN, NCCL, the device (and every visible one of its type),
+the host, the SLURM job, the Ray node, when it started (the first start: a resume keeps it and counts itself in
+`resumed`) and ended; and where each of its components (model, data set, optimizer, schedule, heuristics; built
+in or plug-in) came from (module, package version, or a content hash of a plain module file). `--resume` with
+changed component code, or on another torch, CUDA, cuDNN, NCCL, device or heurbench commit, logs one warning per
+difference naming it and goes on (the trial's record then shows both: the checkpoint's provenance is the new one
+from the next save on)."""
 from __future__ import annotations
 
 import functools
@@ -13,6 +15,8 @@ import os
 import platform
 import socket
 import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +28,8 @@ if TYPE_CHECKING:
     from harness.config import TrialConfig
 
 log = logging.getLogger("heurbench.train")
-COMPARED = ("heurbench", "commit", "torch", "cuda", "device")  # what a resume warns about when it changed
+# what a resume warns about when it changed, and a report when its trials differ on it
+COMPARED = ("heurbench", "commit", "torch", "cuda", "cudnn", "nccl", "device")
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,9 +59,51 @@ def environment(device: "torch.device") -> dict:
 
     slurm = {k.lower(): os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
              if k in os.environ}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if device.type == "cuda":
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or "cpu"
+        names = [name]
     return {**code(), "python": platform.python_version(), "torch": str(torch.__version__), "cuda": torch.version.cuda,
-            "device": f"{device.type}: {name}", "host": socket.gethostname(), **slurm}
+            "cudnn": torch.backends.cudnn.version(), "nccl": nccl(), "device": f"{device.type}: {name}",
+            "device_count": len(names), "devices": names, "host": socket.gethostname(), **slurm, **ray_node()}
+
+
+def nccl() -> "str | None":
+    """NCCL's version, dotted, where CUDA is available."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    v = torch.cuda.nccl.version()
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def ray_node() -> dict:
+    """{'ray_node': id} when Ray is initialised in this process (never importing it), else {}."""
+    ray = sys.modules.get("ray")
+    return {"ray_node": ray.get_runtime_context().get_node_id()} if ray and ray.is_initialized() else {}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def started(new: dict, ck: "dict | None") -> dict:
+    """`new` with its start: now, or on a resume from checkpoint `ck` the first start (from its provenance) and
+    `resumed` counting the resumes."""
+    old = ck.get("provenance", {}) if ck else {}
+    return {**new, "started": old.get("started") or now(), "resumed": old.get("resumed", 0) + 1 if ck else 0}
+
+
+def ended(p: dict) -> dict:
+    return {**p, "ended": now()}
+
+
+def columns(p: dict) -> dict:
+    """Provenance as flat columns provenance.<key> (not the components; device names joined)."""
+    return {f"provenance.{k}": ", ".join(v) if isinstance(v, list) else v for k, v in p.items() if k != "components"}
 
 
 def components(cfg: "TrialConfig") -> dict:

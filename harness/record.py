@@ -62,6 +62,7 @@ class TrialRecord:
         self.probed = probed
         if ck is not None:
             provenance.warn_if_changed(self.tid, ck.get("provenance", {}), self.common["provenance"])
+        self.common["provenance"] = provenance.started(self.common["provenance"], ck)
         self.iteration = ck["iteration"] if ck else 0
         self.writer = MetricsWriter(self.run, self.tid, self.base, ck["parts"] if ck else 0, enabled=self.main)
         if self.main:
@@ -102,4 +103,5 @@ class TrialRecord:
         self.iteration = it
         self.ended = state
         self.writer.flush()
+        self.common["provenance"] = provenance.ended(self.common["provenance"])
         return self.status(state, **extra)

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness import provenance
 from harness.config import TrialConfig, dump, load_trial
 from harness.errors import LockError
 from harness.grid import FINISHED
@@ -61,15 +62,17 @@ def run_point(cfg: TrialConfig, out: Path, workers: int = 1) -> str:
 
 def mark_failed(out: Path, cfgs: list[TrialConfig], err: Exception) -> None:
     """Record `err` as the reason in the status of every trial in `cfgs` that had not ended (where the folder can
-    still be written); not for a LockError (another process is training those trials, and their status is its to
-    write)."""
+    still be written), keeping its provenance with the time it ended; not for a LockError (another process is
+    training those trials, and their status is its to write)."""
     if isinstance(err, LockError):
         return
     for cfg in cfgs:
         trial = RunDir(out).trial(cfg.trial_id())
-        if trial.read_status().get("state") not in FINISHED:
+        status = trial.read_status()
+        if status.get("state") not in FINISHED:
+            kept = {"provenance": provenance.ended(status["provenance"])} if "provenance" in status else {}
             try:
-                write_json(trial.status, {"state": "failed", "reason": f"{type(err).__name__}: {err}"})
+                write_json(trial.status, {"state": "failed", "reason": f"{type(err).__name__}: {err}", **kept})
             except OSError as status_err:  # a read-only folder: `err` is what the caller reports
                 log.info("trial %s: status not recorded: %s", cfg.trial_id(), status_err)
 

@@ -6,7 +6,9 @@
 `sweep` picks sweep folders and `where` keys that are config columns (or trial_id) pick trials from
 their config before any Parquet file is opened; `where` keys that are metrics fields (kind, split,
 epoch, ...) filter rows inside the files that are read. Config columns have one type each: int, float, bool, text, or mixed where the
-schema allows it (warmup.eta_init: a number or "catapult"); lists and mappings are JSON text.
+schema allows it (warmup.eta_init: a number or "catapult"); lists and mappings are JSON text. Each trial's
+provenance (harness.provenance: versions, devices, host, SLURM and Ray ids, start and end) is in columns
+provenance.<key>.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any, Callable, Iterable, Optional
 import pandas as pd
 import yaml
 
-from harness import lock, metrics
+from harness import lock, metrics, provenance
 from harness.errors import ResultsError
 from harness.grid import FINISHED, flatten
 from harness.layout import PLAIN, RunDir
@@ -46,9 +48,11 @@ def runs(root: str | Path, sweep: str | Iterable[str] | None = None) -> list[Run
 
 def trial_columns(run: RunDir, trial_id: str) -> dict[str, Any]:
     """sweep, trial_id, state (status.json) and the resolved config (trials/<id>/config.json, else config.yaml)
-    flattened; then the trial's tags that are not config values (a swept key names one: its typed value wins)."""
+    flattened; then the trial's tags that are not config values (a swept key names one: its typed value wins);
+    then its provenance (status.json) as provenance.<key>."""
     trial = run.trial(trial_id)
-    row = {"sweep": run.name, "trial_id": trial_id, "state": trial.read_status().get("state")}
+    status = trial.read_status()
+    row = {"sweep": run.name, "trial_id": trial_id, "state": status.get("state")}
     cfg = json.loads(trial.config_json.read_text()) if trial.config_json.is_file() else \
         yaml.load(trial.config.read_text(), Loader=Loader) if trial.config.is_file() else None
     if cfg is not None:
@@ -56,7 +60,7 @@ def trial_columns(run: RunDir, trial_id: str) -> dict[str, Any]:
         flat = flatten(cfg)
         row.update(flat)
         row.update({k: v for k, v in tags.items() if not configured(k, flat)})
-    return row
+    return {**row, **provenance.columns(status.get("provenance", {}))}
 
 
 def configured(key: str, flat: Iterable[str]) -> bool:
