@@ -1,6 +1,7 @@
 """analysis/html.py: a report page from synthetic markdown, figures and claims, checked by its structure and in
-headless Chromium (every image decoded, no console error, tables sort). Without chromium the browser test skips,
-unless CI is set: then it fails."""
+headless Chromium (every image decoded, no console error, tables sort); a report page of S3's claims with each
+claim's forest plot once, under the table, and at 1280 px every verdict in view. Without chromium the browser tests
+skip, unless CI is set: then they fail."""
 from __future__ import annotations
 
 import base64
@@ -156,7 +157,7 @@ def report_page(tmp_path) -> RunDir:
                                               "points": [{"index": 0, "trial_id": "t0", "values": {}}]}))
     write_parquet(run.metrics_part("t0", 0), [{"trial_id": "t0", "iteration": 0}])
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({run: rng.uniform(0.85, 0.95, 8) for run in ("sb", "lb", "lb_warmup", "lb_freeze")},
+    frame = pd.DataFrame({k: rng.uniform(0.85, 0.95, 8) for k in ("sb", "lb", "lb_warmup", "lb_freeze")},
                          index=pd.Index(range(8), name="seed"))
     frame = frame.join(pd.DataFrame({"unstable_" + k: v for k, v in
                                      {"lb": [1, 1, 0, 1, 0, 1, 1, 0], "lb_warmup": [0, 0, 0, 1, 0, 0, 0, np.nan],

@@ -166,7 +166,7 @@ def test_claims_table_of_a_study_from_a_synthetic_metrics_frame(trial_dict, tmp_
     assert got.loc["swa_on_sgdr", "verdict"] == "inconclusive"
     assert got.loc["swa_on_sgdr", "note"].startswith("nothing in this sweep gives")
     assert md.index("## Final test accuracy per schedule") < md.index("## Claims")  # the study's last section
-    assert re.search(r"\| cosine_beats_step +\| held +\|", md[md.index("## Claims"):])
+    assert re.search(r"\| cosine_beats_step +\| held +\|", md[md.index("## Claims"):])  # verdict next to the claim
 
 
 def test_s6_limits_per_seed_pick_no_warmup_longest_from_zero_and_shortest_catapult():
