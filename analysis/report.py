@@ -276,7 +276,7 @@ def ran_on(r: Report) -> pd.DataFrame:
         return df
     table = r.table("ran_on", df.groupby(list(RAN_ON)).agg(hosts=("host", "nunique"), trials=("host", "size"))
                     .reset_index())
-    r.say(table.to_markdown(index=False), "")
+    r.say(table.to_markdown(index=False, disable_numparse=True), "")  # cuda 13.0, not 13
     for k in provenance.COMPARED:
         counts = df[k].value_counts()
         if len(counts) > 1:
