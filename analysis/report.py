@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-import yaml
 
 from analysis import claims as claims_lib
 from analysis import benchmark, html, plots, results
@@ -26,6 +25,7 @@ from harness import provenance
 from harness.errors import ConfigError
 from harness.layout import RunDir, checkpoint_name
 from harness.registry import import_plugins, register
+from harness.yamlfile import read_yaml
 
 if TYPE_CHECKING:
     from analysis.study import Study
@@ -41,7 +41,7 @@ class Report:
         self.dir = self.run.path
         if not self.run.sweep_yaml.is_file():
             raise FileNotFoundError(f"{self.run.sweep_yaml}: no resolved sweep here (run `heurbench sweep` first)")
-        self.spec = spec = yaml.safe_load(self.run.sweep_yaml.read_text())
+        self.spec = spec = read_yaml(self.run.sweep_yaml)
         self.name = spec["name"]
         seed = spec["base"].get("seed", 0)  # a column even when the sweep has no seeds axis
         self.points = pd.DataFrame([{"index": p["index"], "trial_id": p["trial_id"], "seed": seed, **p["values"]}
@@ -83,7 +83,7 @@ class Report:
 
     def config(self, trial_id: str) -> dict:
         """The trial's resolved config as a mapping."""
-        return yaml.safe_load(self.run.trial(trial_id).config.read_text())
+        return read_yaml(self.run.trial(trial_id).config)
 
     def open(self, *ckpts: Path, batch_size: int = 500) -> Checkpoints:
         """Checkpoints to analyse, their data from the first one's spec; rows are recorded in this sweep."""

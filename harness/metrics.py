@@ -102,11 +102,12 @@ def compact(run: RunDir, trial_id: str) -> bool:
     between two renames, not yet) and rerunning completes it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import yaml
+
+    from harness.yamlfile import read_yaml
 
     trial = run.trial(trial_id)
     if trial.config.is_file() and not trial.config_json.is_file():
-        write_text(trial.config_json, json.dumps(yaml.safe_load(trial.config.read_text())))
+        write_text(trial.config_json, json.dumps(read_yaml(trial.config)))
     settle(run, trial_id)
     parts = run.metrics_parts(trial_id)
     if len(parts) < 2:
