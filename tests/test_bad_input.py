@@ -209,6 +209,8 @@ CASES = [
      "--set name=!!python/object/apply:os.system ['touch marker']: line 1 not valid YAML", False),
     ("yaml-python-tag-report", tagged_sweep_yaml_report, "sweep.yaml: line 2 not valid YAML", True),
     # silent accepts, now errors
+    ("compact-truncated-part", lambda: ["results", "compact", "runs/s"],
+     "part-00000.parquet: an unreadable metrics part", True),  # takes the trial lock
     ("bool-for-int", lambda: train(trial(data__batch_size=True)),
      "data.batch_size = True: expected a number, got a boolean", False),
     ("bool-in-int-list", lambda: train(trial(checkpoints={"iterations": [0, True]})), "got a boolean", False),
