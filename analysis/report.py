@@ -101,7 +101,25 @@ class Report:
     def say(self, *lines: str) -> None:
         self.lines += list(lines)
 
+    def missing_checkpoints(self) -> list[str]:
+        """'<trial_id>/ckpt/iter=NNNNNN.pt' for each iteration checkpoint a trial's config declares, that the trial
+        passed, and that is not on disk (deleted or lost): the analyses that need it skip it or take another."""
+        missing = []
+        for tid in self.points.trial_id:
+            if not self.run.trial(tid).config.is_file():
+                continue
+            declared = (self.config(tid).get("checkpoints") or {}).get("iterations", [0])
+            passed, have = self.status(tid).get("iteration", 0), set(self.iter_ckpts(tid))
+            missing += [f"{tid}/ckpt/{checkpoint_name(i)}" for i in declared if i < passed and i not in have]
+        return missing
+
     def finish(self) -> Path:
+        if missing := self.missing_checkpoints():
+            line = (f"{len(missing)} checkpoints the trials declared and passed are not on disk, so the analyses that "
+                    f"need them skipped them or took another: {', '.join(missing[:6])}"
+                    f"{' ...' if len(missing) > 6 else ''}")
+            log.warning("%s: %s", self.name, line)
+            self.say("", f"**Missing checkpoints.** {line}.")
         if self.similarities and (summary := underdetermined(pd.concat(self.similarities))):
             log.warning("%s: svcca: %s", self.name, summary)
             self.say("", f"SVCCA: {summary}.")
