@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 from analysis import plots
 from analysis.activations import fixed_inputs
@@ -25,6 +24,8 @@ from analysis.landscape import plane
 from analysis.loading import Checkpoints
 from analysis.sharpness import BN_MODES, ITERS, TOL, sharpness
 from analysis.swa import swa_rows
+from harness.errors import CheckpointError, ConfigError, DataError, ResultsError
+from harness.yamlfile import parse_yaml, read_yaml
 
 log = logging.getLogger("heurbench.analysis")
 
@@ -33,13 +34,13 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Data-spec keys from --data spec.yaml, then each --set key=value."""
     spec = {}
     if args.data:
-        loaded = yaml.safe_load(Path(args.data).read_text()) or {}
+        loaded = read_yaml(args.data, empty_ok=True) or {}
         spec.update(loaded.get("data", loaded))
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: expected key=value")
-        spec[key] = yaml.safe_load(value)
+        spec[key] = parse_yaml(value, f"--set {item}")
     return spec
 
 
@@ -234,6 +235,8 @@ def _entry(run: Run) -> Callable[[argparse.Namespace], None]:
             run(args, cs)
             for path in cs.written:
                 log.info("wrote %s", path)
+        except (ConfigError, DataError, CheckpointError, ResultsError):
+            raise  # bad input: heurbench's one line, exit 2
         except ValueError as err:
             raise SystemExit(f"heurbench analyze {args.analysis}: {err}") from None
     return func

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-import yaml
 
 from analysis import claims as claims_lib
 from analysis import benchmark, html, plots, results
@@ -26,6 +25,7 @@ from harness import provenance
 from harness.errors import ConfigError
 from harness.layout import RunDir, checkpoint_name
 from harness.registry import import_plugins, register
+from harness.yamlfile import read_yaml
 
 if TYPE_CHECKING:
     from analysis.study import Study
@@ -41,7 +41,7 @@ class Report:
         self.dir = self.run.path
         if not self.run.sweep_yaml.is_file():
             raise FileNotFoundError(f"{self.run.sweep_yaml}: no resolved sweep here (run `heurbench sweep` first)")
-        self.spec = spec = yaml.safe_load(self.run.sweep_yaml.read_text())
+        self.spec = spec = read_yaml(self.run.sweep_yaml)
         self.name = spec["name"]
         seed = spec["base"].get("seed", 0)  # a column even when the sweep has no seeds axis
         self.points = pd.DataFrame([{"index": p["index"], "trial_id": p["trial_id"], "seed": seed, **p["values"]}
@@ -83,7 +83,7 @@ class Report:
 
     def config(self, trial_id: str) -> dict:
         """The trial's resolved config as a mapping."""
-        return yaml.safe_load(self.run.trial(trial_id).config.read_text())
+        return read_yaml(self.run.trial(trial_id).config)
 
     def open(self, *ckpts: Path, batch_size: int = 500) -> Checkpoints:
         """Checkpoints to analyse, their data from the first one's spec; rows are recorded in this sweep."""
@@ -101,7 +101,25 @@ class Report:
     def say(self, *lines: str) -> None:
         self.lines += list(lines)
 
+    def missing_checkpoints(self) -> list[str]:
+        """'<trial_id>/ckpt/iter=NNNNNN.pt' for each iteration checkpoint a trial's config declares, that the trial
+        passed, and that is not on disk (deleted or lost): the analyses that need it skip it or take another."""
+        missing = []
+        for tid in self.points.trial_id:
+            if not self.run.trial(tid).config.is_file():
+                continue
+            declared = (self.config(tid).get("checkpoints") or {}).get("iterations", [0])
+            passed, have = self.status(tid).get("iteration", 0), set(self.iter_ckpts(tid))
+            missing += [f"{tid}/ckpt/{checkpoint_name(i)}" for i in declared if i < passed and i not in have]
+        return missing
+
     def finish(self) -> Path:
+        if missing := self.missing_checkpoints():
+            line = (f"{len(missing)} checkpoints the trials declared and passed are not on disk, so the analyses that "
+                    f"need them skipped them or took another: {', '.join(missing[:6])}"
+                    f"{' ...' if len(missing) > 6 else ''}")
+            log.warning("%s: %s", self.name, line)
+            self.say("", f"**Missing checkpoints.** {line}.")
         if self.similarities and (summary := underdetermined(pd.concat(self.similarities))):
             log.warning("%s: svcca: %s", self.name, summary)
             self.say("", f"SVCCA: {summary}.")

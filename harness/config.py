@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -28,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from harness.errors import ConfigError
+from harness.yamlfile import read_yaml
 from harness.registry import import_plugins, register  # names known without torch (harness/registry.py)
 
 Unit = Literal["epoch", "iteration"]
@@ -48,6 +50,24 @@ Scalar = Union[bool, int, float, str, None]
 class Strict(BaseModel):
     """Every config section: unknown keys, NaN and infinities are errors. A plug-in's options subclass it."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, v: Any, info) -> Any:
+        """`batch_size: true` is an error, not batch size 1 (pydantic reads a boolean as the number 0 or 1)."""
+        field = cls.model_fields.get(info.field_name)
+        values = v if isinstance(v, list) else [v]
+        if field is not None and wants_number(field.annotation) and any(isinstance(x, bool) for x in values):
+            raise ValueError("expected a number, got a boolean (true/false)")
+        return v
+
+
+def wants_number(annotation: Any) -> bool:
+    """An int or float field (alone, Optional or a list of them) that takes no boolean."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and bool not in args and any(wants_number(a) for a in args)
 
 
 def known(kind: str):
@@ -370,47 +390,6 @@ def parse_trial(raw: Any, source: str = "<config>") -> TrialConfig:
         return TrialConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_error(err, source)) from None
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                dup = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if dup:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder, expected a YAML file")
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
-    try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        why = " ".join(str(getattr(err, "problem", None) or err).split())
-        raise ConfigError(f"{path}:{where} not valid YAML ({why})") from None
-    if raw is None:
-        raise ConfigError(f"{path}: empty file (expected a mapping of config keys)")
-    return raw
 
 
 def load_trial(path: str | Path) -> TrialConfig:

@@ -42,6 +42,8 @@ def check_arrays(arrays: Any, what: str) -> Arrays:
     out = []
     for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
         x, y = np.asarray(x), np.asarray(y)
+        if len(x) == 0:
+            raise PluginError(f"{what}: no {split} images")
         if x.dtype != np.uint8 or x.ndim != 4:
             raise PluginError(f"{what}: {split} images are {x.dtype} {list(x.shape)}; expected uint8 [N, C, H, W]")
         if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),):
@@ -125,6 +127,8 @@ def decode_image_column(col, source: Path) -> np.ndarray:
     """JPEG/PNG bytes (or HF {bytes, path} structs) -> uint8 [N, 3, H, W]."""
     from PIL import Image
 
+    if len(col) == 0:
+        raise DataError(f"{source}: no rows (an empty table; expected images)")
     out = []
     for i, v in enumerate(col):
         b = v["bytes"] if isinstance(v, dict) else v
@@ -312,7 +316,13 @@ def load(spec: DataCfg | dict) -> Dataset:
     (xtr, ytr), (xte, yte) = check_arrays(entry.obj(cfg), f"data set {entry.name!r} ({entry.module})")
     num_classes = check_labels(cfg, ytr, yte)
     train = Split(torch.from_numpy(xtr), torch.from_numpy(ytr))
-    test = Split(torch.from_numpy(xte), torch.from_numpy(yte)).head(cfg.test_subset)
+    test = Split(torch.from_numpy(xte), torch.from_numpy(yte))
+    for key, n, split in (("train_subset", cfg.train_subset, train), ("test_subset", cfg.test_subset, test)):
+        have = len(split) - (cfg.val_size if key == "train_subset" else 0)
+        if n is not None and n > have:
+            raise DataError(f"data.{key} = {n}: larger than the {have} {key.split('_')[0]} images of data set "
+                            f"{entry.name!r}" + (f" (after val_size = {cfg.val_size})" if have < len(split) else ""))
+    test = test.head(cfg.test_subset)
     val = None
     if cfg.val_size:
         if cfg.val_size >= len(train):

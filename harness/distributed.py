@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from harness.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -45,7 +47,8 @@ def setup(device_pref: str = "auto") -> tuple[Dist, torch.device]:
     """Join (or detect) the process group; pick this rank's device."""
     cuda = torch.cuda.is_available() and device_pref != "cpu"
     if device_pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("perf.device = 'cuda' but no CUDA device is visible")
+        raise ConfigError("perf.device = 'cuda' but no CUDA device is visible on this host (perf.device: auto uses "
+                          "one where there is one)")
     if dist.is_available() and dist.is_initialized():  # Ray Train (or a caller) already did it
         d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     else:

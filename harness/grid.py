@@ -29,11 +29,12 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from harness.config import Strict, TrialConfig, format_error, parse_trial, plain_name, read_yaml
+from harness.config import Strict, TrialConfig, format_error, parse_trial, plain_name
 from harness.errors import ConfigError
 from harness.layout import RunDir
 from harness.metrics import tag_columns
 from harness.storage import write_text
+from harness.yamlfile import read_yaml
 from harness.registry import import_plugins, register
 
 FINISHED = ("done", "diverged")

@@ -183,11 +183,11 @@ class RunDir:
 
     def point_trials(self) -> dict[int, str]:
         """Trial id per grid-point index, from the resolved sweep.yaml."""
-        import yaml
+        from harness.yamlfile import read_yaml
 
         if not self.sweep_yaml.is_file():
             raise FileNotFoundError(f"{self.sweep_yaml} not found (run sweep {self.name!r} first)")
-        return {p["index"]: p["trial_id"] for p in yaml.safe_load(self.sweep_yaml.read_text())["points"]}
+        return {p["index"]: p["trial_id"] for p in read_yaml(self.sweep_yaml)["points"]}
 
     def reference(self, ref: str) -> Path:
         """A plain path, or the checkpoint '@<sweep>:<point index>:<file>' names in a sibling sweep (resolved

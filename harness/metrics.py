@@ -20,6 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
+from harness.errors import ResultsError
 from harness.layout import RunDir
 from harness.storage import atomic_write, write_parquet, write_text
 
@@ -68,9 +69,14 @@ PART_ROWS = b"heurbench.part_rows"  # a merged part's metadata: the row count of
 
 def part_rows(path: Path) -> list[int]:
     """Row counts of the parts a file holds: [rows] for a part as written, one per part for a merged one."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = pq.read_metadata(path)
+    try:
+        meta = pq.read_metadata(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ResultsError(f"{path}: an unreadable metrics part ({' '.join(str(err).split())}); move it aside "
+                           f"and rerun, or re-run its trial") from None
     kv = meta.metadata or {}
     return json.loads(kv[PART_ROWS]) if PART_ROWS in kv else [meta.num_rows]
 
@@ -102,17 +108,18 @@ def compact(run: RunDir, trial_id: str) -> bool:
     between two renames, not yet) and rerunning completes it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import yaml
+
+    from harness.yamlfile import read_yaml
 
     trial = run.trial(trial_id)
-    if trial.config.is_file() and not trial.config_json.is_file():
-        write_text(trial.config_json, json.dumps(yaml.safe_load(trial.config.read_text())))
     settle(run, trial_id)
     parts = run.metrics_parts(trial_id)
+    first = sorted(parts)
+    counts = [c for n in first for c in part_rows(parts[n])]  # every part readable, or one line naming it
+    if trial.config.is_file() and not trial.config_json.is_file():
+        write_text(trial.config_json, json.dumps(read_yaml(trial.config)))
     if len(parts) < 2:
         return False
-    first = sorted(parts)
-    counts = [c for n in first for c in part_rows(parts[n])]
     table = pa.concat_tables([pq.read_table(parts[n]) for n in first])
     write_merged(run.metrics_staged(trial_id) / run.metrics_part(trial_id, first[0]).name, table, counts)
     os.rename(run.metrics_of(trial_id), run.metrics_retired(trial_id))

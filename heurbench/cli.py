@@ -116,7 +116,7 @@ def add_sweep(sub) -> None:
 
 
 def cmd_plugins(args) -> int:
-    from harness.config import read_yaml
+    from harness.yamlfile import read_yaml
     from harness.registry import KINDS, import_plugins, register
 
     for path in args.yaml:  # a trial or sweep YAML's `plugins:`, found next to it

@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import pandas as pd
-import yaml
 
 from harness import lock, metrics, provenance
 from harness.errors import ResultsError
 from harness.grid import FINISHED, flatten
 from harness.layout import PLAIN, RunDir
+from harness.yamlfile import read_yaml
 
 OWN = ("trial_id", "world_size", *metrics.FIELDS)  # metrics columns that no config value replaces
-Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 log = logging.getLogger("heurbench.results")
 
 
@@ -54,7 +53,7 @@ def trial_columns(run: RunDir, trial_id: str) -> dict[str, Any]:
     status = trial.read_status()
     row = {"sweep": run.name, "trial_id": trial_id, "state": status.get("state")}
     cfg = json.loads(trial.config_json.read_text()) if trial.config_json.is_file() else \
-        yaml.load(trial.config.read_text(), Loader=Loader) if trial.config.is_file() else None
+        read_yaml(trial.config) if trial.config.is_file() else None
     if cfg is not None:
         tags = cfg.pop("tags", None) or {}
         flat = flatten(cfg)

@@ -131,6 +131,37 @@ def truncated_metrics_report() -> list[str]:
 
 
 DUPLICATE = yaml.safe_dump(trial()) + "seed: 3\n"
+LAUGHS = "x-bomb:\n" + "".join(f"  {c}: &{c} [" + ", ".join([f"*{p}"] * 9 if p.strip() else ["x"] * 9) + "]\n"
+                              for p, c in zip(" abcdefgh", "abcdefghi"))  # 9^9 values once expanded
+TAG = "!!python/object/apply:os.system ['touch marker']"
+
+
+def bomb_as_value() -> list[str]:
+    return ["train", put("t.yaml", LAUGHS + yaml.safe_dump(trial()).replace("model:\n", "model:\n  width: *i\n", 1)),
+            "--out", "runs"]
+
+
+def bomb_in_grid() -> list[str]:
+    return ["sweep", "plan", put("s.yaml", LAUGHS + "name: s2\nbase: " + yaml.safe_dump(trial(), default_flow_style=True)
+                                 + "grid: {seed: [*i, 1]}\n"), "--out", "runs"]
+
+
+def tagged_sweep_yaml_report() -> list[str]:
+    put("runs/s1_t/sweep.yaml", f"name: s1_t\npoints: {TAG}\n")
+    return ["report", "runs/s1_t"]
+
+
+def tagged_data_spec() -> list[str]:
+    return ["analyze", "cca", "a.pt", "b.pt", "--data", put("spec.yaml", f"name: {TAG}\n")]
+
+
+def empty_parquet_folder() -> str:
+    t = pq.read_table(CIFAR / "test.parquet").slice(0, 0)
+    Path("empty").mkdir()
+    for f in ("train.parquet", "test.parquet"):
+        pq.write_table(t, f"empty/{f}")
+    return "empty"
+
 TRUNCATED = yaml.safe_dump(trial())[:60] + "{"
 
 # (case id, argv builder run in the sandbox, expected part of the error line, whether the run may write in runs/)
@@ -160,6 +191,37 @@ CASES = [
     ("binary-garbage", lambda: ["train", put("t.yaml", bytes(range(256)) * 4), "--out", "runs"], "t.yaml: not",
      False),
     ("missing-file", lambda: ["train", "nope.yaml", "--out", "runs"], "nope.yaml: no such file", False),
+    # bounded and safe YAML (harness/yamlfile.py)
+    ("yaml-alias-bomb-value", bomb_as_value, "t.yaml: not valid YAML (more than 1,000,000 values once its aliases",
+     False),
+    ("yaml-alias-bomb-grid", bomb_in_grid, "s.yaml: not valid YAML (more than 1,000,000 values", False),
+    ("yaml-recursive-alias", lambda: ["train", put("t.yaml", "a: &a [*a]\n"), "--out", "runs"], "recursive", False),
+    ("yaml-deep", lambda: ["train", put("t.yaml", "[" * 20000 + "]" * 20000), "--out", "runs"],
+     "t.yaml: not valid YAML (nested more than 64 levels deep)", False),
+    ("yaml-too-large", lambda: ["train", put("t.yaml", "# padding\n" * 120_000), "--out", "runs"],
+     "t.yaml: 1,200,000 bytes, larger than the 1,048,576", False),
+    ("yaml-python-tag-trial", lambda: ["train", put("t.yaml", TAG + "\n"), "--out", "runs"],
+     "t.yaml: line 1 not valid YAML (could not determine a constructor for the tag", False),
+    ("yaml-python-tag-sweep", lambda: ["sweep", "plan", put("s.yaml", f"name: s2\nbase: {TAG}\n")],
+     "s.yaml: line 2 not valid YAML (could not determine a constructor", False),
+    ("yaml-python-tag-data", tagged_data_spec, "spec.yaml: line 1 not valid YAML (could not determine", False),
+    ("yaml-python-tag-set", lambda: ["analyze", "cca", "a.pt", "b.pt", "--set", f"name={TAG}"],
+     "--set name=!!python/object/apply:os.system ['touch marker']: line 1 not valid YAML", False),
+    ("yaml-python-tag-report", tagged_sweep_yaml_report, "sweep.yaml: line 2 not valid YAML", True),
+    # silent accepts, now errors
+    ("compact-truncated-part", lambda: ["results", "compact", "runs/s"],
+     "part-00000.parquet: an unreadable metrics part", True),  # takes the trial lock
+    ("bool-for-int", lambda: train(trial(data__batch_size=True)),
+     "data.batch_size = True: expected a number, got a boolean", False),
+    ("bool-in-int-list", lambda: train(trial(checkpoints={"iterations": [0, True]})), "got a boolean", False),
+    ("train-subset-beyond-data", lambda: train(trial(data__train_subset=1_000_000)),
+     "data.train_subset = 1000000: larger than the", True),
+    ("test-subset-beyond-data", lambda: train(trial(data__test_subset=99_999)),
+     "data.test_subset = 99999: larger than the", True),
+    ("empty-parquet", lambda: train(trial(data={"name": "parquet", "root": empty_parquet_folder()})),
+     "train.parquet: no rows", True),
+    ("cuda-without-cuda", lambda: train(trial(perf={"device": "cuda"})),
+     "perf.device = 'cuda' but no CUDA device is visible", True),
     # names that would leave the results folder (no --out: the folder is runs/<name>)
     ("name-dotdot-path", lambda: ["train", put("t.yaml", trial(name="../../x"))], "must be a plain name", False),
     ("name-absolute", lambda: ["train", put("t.yaml", trial(name=str(Path("..").resolve() / "abs")))],
@@ -380,3 +442,15 @@ def test_torch_save_on_a_full_disk_names_the_file_and_the_free_space(tmp_path, m
     with pytest.raises(RuntimeError, match="unexpected pos"):
         storage.atomic_write(tmp_path / "x.pt", save)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_results_load_of_a_tree_whose_config_yaml_holds_a_python_tag_is_one_line(sandbox):
+    from harness.errors import ConfigError
+    from heurbench import results
+
+    config = next(Path("runs/s/trials").glob("*/config.yaml"))
+    config.write_text(TAG + "\n")
+    put("runs/s/sweep.yaml", {"name": "s", "points": []})
+    with pytest.raises(ConfigError, match=r"config.yaml: line 1 not valid YAML \(could not determine a constructor"):
+        results.load("runs/s")
+    assert not Path("marker").exists()

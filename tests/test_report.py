@@ -95,3 +95,30 @@ def test_report_calls_the_analyses_as_library_functions():
     for path in [REPO / "analysis" / "report.py", *sorted((REPO / "analysis" / "studies").glob("*.py"))]:
         text = path.read_text()
         assert [w for w in ("argparse", "parse_args", "results.read", "analysis.cli") if w in text] == [], path
+
+
+def test_a_declared_checkpoint_that_is_gone_is_named(tmp_path, caplog):
+    """A report whose trial declared iter 0, 8 and 24, passed 16 and kept only iter 0: iter 8 is named (24 was never
+    reached), in the log and in report.md."""
+    import json
+
+    import yaml
+
+    from analysis.report import Report
+    from harness.layout import RunDir
+
+    run = RunDir(tmp_path / "s")
+    run.sweep_yaml.parent.mkdir(parents=True)
+    run.sweep_yaml.write_text(yaml.safe_dump({"name": "s", "base": {}, "points": [
+        {"index": 0, "trial_id": "t0", "values": {}}]}))
+    run.metrics_part("t0", 0).parent.mkdir(parents=True)
+    pd.DataFrame([{"trial_id": "t0", "iteration": 0}]).to_parquet(run.metrics_part("t0", 0), index=False)
+    t = run.trial("t0")
+    t.ckpt_dir.mkdir(parents=True)
+    (t.ckpt_dir / "iter=000000.pt").write_bytes(b"")
+    t.config.write_text(yaml.safe_dump({"checkpoints": {"iterations": [0, 8, 24]}}))
+    t.status.write_text(json.dumps({"state": "diverged", "iteration": 16}))
+    r = Report(run.path)
+    assert r.missing_checkpoints() == ["t0/ckpt/iter=000008.pt"]
+    r.finish()
+    assert "t0/ckpt/iter=000008.pt" in caplog.text and "t0/ckpt/iter=000008.pt" in run.report_md.read_text()
