@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from analysis import cli, results
+from harness.errors import ConfigError
 
 DATA = {"name": "digits", "train_subset": 64, "test_subset": 32}
 
@@ -71,9 +72,10 @@ def test_cca_rows_written_are_the_library_functions_rows(sweep, tmp_path, capsys
 
 def test_cca_more_inputs_than_the_split_is_a_one_line_error(sweep, tmp_path):
     _, p = sweep
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(ConfigError) as err:  # heurbench's main prints it as one line and exits 2
         run("cca", p["e1"], p["e2"], "--inputs", 40, "--device", "cpu", "--out", tmp_path)
-    assert str(err.value) == "heurbench analyze cca: --inputs 40: the test split has only 32 images"
+    assert str(err.value) == "--inputs 40: the test split has only 32 images"
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
