@@ -78,5 +78,5 @@ def frequency(ckpts: Mapping[str, dict[str, Any]], test: Batches, cutoffs: tuple
               box: float = 0.5, device: str | torch.device = "cpu") -> pd.DataFrame:
     """`frequency_accuracy` of each checkpoint (id -> dict) on `test`: rows ckpt, variant, loss, accuracy."""
     return pd.DataFrame([{"ckpt": ckpt_id, **r} for ckpt_id, ckpt in ckpts.items()
-                         for r in frequency_accuracy(build_model(ckpt, device), test.inputs, test.labels,
+                         for r in frequency_accuracy(build_model(ckpt, ckpt_id, device), test.inputs, test.labels,
                                                      test.transform, test.batch_size, tuple(cutoffs), box)])

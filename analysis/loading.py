@@ -2,7 +2,7 @@
 the models an analysis makes; `Checkpoints`, the files one analysis runs on and the run folder it records to.
 
 Checkpoints are opened, models and data rebuilt only through the harness's public
-`harness.checkpoints.load`, `harness.models.build` and `harness.data.load` (DESIGN: analysis
+`harness.checkpoints.load` and `load_weights`, `harness.models.build` and `harness.data.load` (DESIGN: analysis
 never imports other harness internals).
 """
 from __future__ import annotations
@@ -47,12 +47,13 @@ def save_derived(path: Path, model: nn.Module, source: dict[str, Any], trial_id:
     return results.atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def build_model(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
-    """The checkpoint's model via `harness.models.build`, weights loaded, on `device`, in eval mode."""
+def build_model(ckpt: dict[str, Any], name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Checkpoint `name`'s model via `harness.models.build`, weights loaded, on `device`, in eval mode."""
+    from harness.checkpoints import load_weights
     from harness.models import build
 
     model = build(ckpt["model_spec"])
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], name)
     return model.to(device).eval()
 
 
@@ -91,7 +92,7 @@ class Checkpoints:
         return cls(ckpts, ids, load_data(spec), device, run, batch_size)
 
     def model(self, i: int = 0) -> nn.Module:
-        return build_model(self.ckpts[i], self.device)
+        return build_model(self.ckpts[i], self.ids[i], self.device)
 
     def states(self) -> dict[str, dict[str, torch.Tensor]]:
         """Weights per checkpoint id."""

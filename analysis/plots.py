@@ -19,10 +19,10 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from harness.storage import atomic_write
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    path = atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix[1:] or "png", dpi=120))
     _pyplot().close(fig)
     return path
 

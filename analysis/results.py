@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from harness import confine
 from harness.layout import RunDir
 from harness.storage import atomic_write  # the one atomic temp-file + rename writer
 
@@ -37,4 +38,4 @@ def read(sweep: str | Path, kind: str) -> pd.DataFrame:
     parts = RunDir(sweep).analysis_parts(kind)
     if not parts:
         raise FileNotFoundError(f"{RunDir(sweep).analysis(kind)}: no {kind} results")
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return pd.concat([pd.read_parquet(confine.readable(p)) for p in parts], ignore_index=True)

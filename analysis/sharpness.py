@@ -154,7 +154,7 @@ def sharpness(ckpts: Mapping[str, dict[str, Any]], train: Batches, method: str =
     tol, bn; and trace, trace_stderr if probes)."""
     rows, progress = [], Progress(len(ckpts), "sharpness: checkpoints", every_s=30.0)
     for ckpt_id, ckpt in ckpts.items():
-        model = build_model(ckpt, device)
+        model = build_model(ckpt, ckpt_id, device)
         if bn == "running":  # batch mode never reads them
             update_bn(model, train)
         row = {"ckpt": ckpt_id, "epoch": _number(ckpt, "epoch"), "iteration": _number(ckpt, "iteration"),

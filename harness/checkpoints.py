@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness import confine
 from harness.errors import CheckpointError
 from harness.layout import RunDir
 from harness.models import build
@@ -38,6 +39,7 @@ def save(path: Path, **payload: Any) -> Path:
 def load(path: str | Path, device="cpu", needs: tuple[str, ...] = ("model", "model_spec")) -> dict:
     """A heurbench checkpoint's dict, unpickled with weights_only=True (no code from the file runs), holding at
     least the keys `needs`."""
+    confine.readable(path)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -58,8 +60,26 @@ def load_model(path: str | Path, device="cpu") -> nn.Module:
     """Rebuild the model of a checkpoint through `harness.models.build` and load its weights."""
     ckpt = load(path, device)
     model = build(ckpt["model_spec"]).to(device)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path)
     return model
+
+
+def load_weights(model: nn.Module, state: dict, source: str | Path) -> None:
+    """`model.load_state_dict(state)`, or one CheckpointError naming `source` and the first tensor that does not
+    fit (missing, unexpected or of another shape) instead of torch's multi-line report."""
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            raise CheckpointError(f"{source}: its weights do not fit the model: no tensor {name!r} "
+                                  f"(a checkpoint of another architecture?)")
+        shape = tuple(getattr(state[name], "shape", ()))
+        if shape != tuple(tensor.shape):
+            raise CheckpointError(f"{source}: its weights do not fit the model: {name!r} is {list(shape)} in the "
+                                  f"checkpoint, {list(tensor.shape)} in the model")
+    extra = next((k for k in state if k not in own), None)
+    if extra is not None:
+        raise CheckpointError(f"{source}: its weights do not fit the model: unexpected tensor {extra!r}")
+    model.load_state_dict(state)
 
 
 def load_ref(ref: str, out: Path, device="cpu") -> dict:

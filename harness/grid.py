@@ -30,6 +30,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.config import Strict, TrialConfig, format_error, parse_trial, plain_name
+from harness import confine
 from harness.errors import ConfigError
 from harness.layout import RunDir
 from harness.metrics import tag_columns
@@ -466,5 +467,6 @@ def fmt_row(row: list[str], widths: list[int]) -> str:
 
 
 def write_resolved(sweep: Sweep, out: Path) -> None:
-    """The resolved sweep beside its results (the report reads it)."""
+    """The resolved sweep beside its results (the report reads it), in a folder marked as this sweep's."""
+    confine.claim(out, sweep.name)
     write_text(RunDir(out).sweep_yaml, yaml.safe_dump(sweep.resolved(), sort_keys=False))

@@ -17,6 +17,7 @@ import json
 import re
 from pathlib import Path
 
+from harness import confine
 from harness.errors import ConfigError
 
 PLAIN = re.compile(r"[A-Za-z0-9_.=-]+")  # a file or folder name that cannot leave its parent
@@ -62,6 +63,7 @@ class TrialDir:
 
         if not self.status.exists():
             return {}
+        confine.readable(self.status)
         try:
             status = json.loads(self.status.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -207,7 +209,9 @@ class RunDir:
         trials = self.sibling(sweep).point_trials()
         if index not in trials:
             raise ConfigError(f"checkpoint reference {ref!r}: sweep {sweep!r} has points {sorted(trials)}")
-        return self.sibling(sweep).trial(trials[index]).ckpt(file)
+        path = self.sibling(sweep).trial(trials[index]).ckpt(file)
+        confine.inside(path, self.path.parent, f"checkpoint reference {ref!r}")  # links resolved, then confined
+        return path
 
 
 def run_of_checkpoint(path: str | Path) -> RunDir:

@@ -44,6 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from harness import confine
 from harness.errors import LockError
 
 log = logging.getLogger("heurbench.lock")
@@ -85,7 +86,7 @@ def file_mode() -> bool:
 
 def _try_flock(path: Path) -> tuple[Optional[int], Optional[dict]]:
     """(fd, None) when locked; (None, holder) when another process holds it. Raises OSError(UNSUPPORTED)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = confine.open_nofollow(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -116,7 +117,7 @@ def _try_file(path: Path) -> tuple[bool, Optional[dict]]:
     held = path.with_name(path.name + ".held")
     for _ in range(3):
         try:
-            fd = os.open(held, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = confine.open_nofollow(held, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except FileExistsError:
             info = read_holder(held)
             if info is None and time.time() - _mtime(held) < 10:
@@ -164,7 +165,7 @@ def _acquire_once(path: Path) -> tuple[bool, Optional[dict]]:
 
 def acquire(path: str | Path, what: str, wait: float = 0.0, hint: str = "") -> Path:
     """Take the lock at `path` (re-entrant in this process), waiting up to `wait` seconds; else LockError."""
-    path = Path(os.path.abspath(path))
+    path = confine.writable(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     key = str(path)
     with _guard:

@@ -20,6 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
+from harness import confine
 from harness.errors import ResultsError
 from harness.layout import RunDir
 from harness.storage import atomic_write, write_parquet, write_text
@@ -72,6 +73,7 @@ def part_rows(path: Path) -> list[int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    confine.readable(path)
     try:
         meta = pq.read_metadata(path)
     except (pa.ArrowInvalid, OSError) as err:
@@ -93,6 +95,8 @@ def settle(run: RunDir, trial_id: str) -> None:
     """Finish or undo an interrupted compaction of the trial, and move parts of the earlier flat layout
     (metrics/part-<trial_id>-<n>.parquet) into its folder. Each step is a rename, so this is safe to rerun."""
     live, staged = run.metrics_of(trial_id), run.metrics_staged(trial_id)
+    for folder in (live, staged, run.metrics_retired(trial_id)):
+        confine.writable(folder)  # renamed or removed below: never a planted link
     if staged.is_dir() and not live.exists():  # killed between the two renames: the staged part is complete
         os.rename(staged, live)
     shutil.rmtree(staged, ignore_errors=True)  # killed while staging: the trial's folder still holds every row

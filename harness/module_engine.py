@@ -61,7 +61,8 @@ class ModuleEngine:
             raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: must be divisible by the {d.world} DDP ranks")
         model = build(model_spec(cfg, ds)).to(device)
         if cfg.model.init_from:
-            model.load_state_dict(checkpoints.load_ref(cfg.model.init_from, out, device)["model"])
+            checkpoints.load_weights(model, checkpoints.load_ref(cfg.model.init_from, out, device)["model"],
+                                     f"model.init_from {cfg.model.init_from}")
         if cfg.perf.channels_last:
             model = model.to(memory_format=torch.channels_last)
         hs = Heuristics(Context(cfg, model, spe, total, out, device))
@@ -70,7 +71,7 @@ class ModuleEngine:
         self.model, self.hs, self.params = model, hs, named
         self.opt = optim.build(cfg.optim, model, groups and [[named[n] for n in g] for g in groups])
         if ck:
-            model.load_state_dict(ck["model"])
+            checkpoints.load_weights(model, ck["model"], f"trial {cfg.trial_id()}'s last.pt")
             self.opt.load_state_dict(ck["optimizer"])
             checkpoints.set_rng_state(ck["rng"])
         hs.start(ck, self.first_batch)

@@ -6,12 +6,14 @@ and a member of a pack write the same files and either can resume a trial the ot
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness import checkpoints, provenance
+from harness import checkpoints, confine, provenance
 from harness.config import TrialConfig, dump
+from harness.errors import CheckpointError
 from harness.grid import FINISHED
 from harness.layout import RunDir
 from harness.metrics import MetricsWriter, tag_columns
@@ -49,13 +51,19 @@ class TrialRecord:
         """The rolling checkpoint to resume from, if there is one."""
         if not self.dir.last.exists():
             return None
-        return checkpoints.load(self.dir.last, device, needs=RESUME_KEYS)
+        ck = checkpoints.load(self.dir.last, device, needs=RESUME_KEYS)
+        if ck.get("trial_id", self.tid) != self.tid:
+            raise CheckpointError(f"{self.dir.last}: a checkpoint of trial {ck['trial_id']}, not of this trial "
+                                  f"{self.tid} (another trial's last.pt copied here?); not resumed (remove it to "
+                                  f"start afresh)")
+        return ck
 
     def open(self, ck: Optional[dict], probed: dict) -> None:
         """Start writing: after the resumed checkpoint `ck` (removing temp files an interrupted write left), or
         afresh (removing any earlier run's files)."""
         if self.main:
-            if ck is None and self.dir.path.exists():
+            if ck is None and os.path.lexists(self.dir.path):
+                confine.writable(self.dir.path)  # a planted link is refused, never emptied
                 shutil.rmtree(self.dir.path)
             for tmp in self.dir.temp_files() + self.run.metrics_temp_files(self.tid):
                 tmp.unlink(missing_ok=True)

@@ -225,9 +225,10 @@ def stacked_engine(cfgs: list[TrialConfig], ds: data_mod.Dataset, spe: int, d: d
         torch.manual_seed(c.seed)
         m = build(model_spec(c, ds)).to(device)
         if ck:
-            m.load_state_dict(ck["model"])
+            checkpoints.load_weights(m, ck["model"], f"trial {c.trial_id()}'s last.pt")
         elif c.model.init_from:
-            m.load_state_dict(checkpoints.load_ref(c.model.init_from, out, device)["model"])
+            checkpoints.load_weights(m, checkpoints.load_ref(c.model.init_from, out, device)["model"],
+                                     f"model.init_from {c.model.init_from}")
         models.append(m)
     st = Stack(models, cfgs, ds, device, spe, total, out)
     for i, ck in enumerate(cks):

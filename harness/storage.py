@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import confine
+
 
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -16,8 +18,9 @@ os.umask(UMASK)
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, then rename tmp over `path` (same filesystem, so atomic). A write the filesystem
-    refuses (read-only, no permission, full) raises an OSError of one line naming `path` (`write_failed`)."""
-    path = Path(path)
+    refuses (read-only, no permission, full) raises an OSError of one line naming `path` (`write_failed`); under a
+    sweep folder, a symbolic link at `path` or on the way out of the folder is refused (`confine.writable`)."""
+    path = confine.writable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -27,6 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the file the usual mode
     try:
         write(tmp)
+        confine.writable(path)  # a link planted while writing is refused, not replaced by the file
         os.replace(tmp, path)
         return path
     except BaseException as err:

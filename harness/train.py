@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from harness import data as data_mod, distributed, lock, metrics, provenance, schedules
+from harness import confine, data as data_mod, distributed, lock, metrics, provenance, schedules
 from harness.config import TrialConfig
 from harness.grid import FINISHED
 from harness.layout import RunDir
@@ -69,6 +69,8 @@ def train(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d: distr
     """`train_locked` holding every trial's lock (rank 0 takes them; harness.lock): a process still training one
     of them (a killed driver's Ray worker) is waited for, up to lock.TRIAL_WAIT seconds."""
     run = RunDir(out)
+    if d.main:
+        confine.claim(out, sweep)  # before the first write: a folder heurbench did not make is refused
     held = [(run.trial(c.trial_id()).lock, f"trial {c.trial_id()} ({run.trial(c.trial_id()).path})") for c in cfgs]
     with lock.hold_all(held if d.main else [], lock.TRIAL_WAIT, hint="another process is training it"):
         if d.world > 1:

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Optional
 
+from harness import confine
 from harness.grid import FINISHED, Point, Sweep, state_of, write_resolved
 from harness.layout import RunDir
 from harness.lock import hold
@@ -119,6 +120,7 @@ def run_sweep(sweep: Sweep, out_root: Path, address: Optional[str] = None, num_c
     seconds for another driver to let go of it, else LockError); returns the count of trials per state.
     Without `address`, on a new local cluster whose node IP is `node_ip`."""
     out = Path(out_root).resolve() / sweep.name
+    confine.claim(out, sweep.name)
     with hold(RunDir(out).lock, f"sweep {sweep.name} ({out})", wait,
               hint="wait for it with --wait SECONDS, or stop that process"):
         return _run_sweep(sweep, out, address, num_cpus, num_gpus, node_ip)
@@ -194,7 +196,7 @@ def _run_sweep(sweep: Sweep, out: Path, address: Optional[str], num_cpus: Option
             trainable, param_space={"job": tune.grid_search(list(jobs))},
             tune_config=tune.TuneConfig(reuse_actors=True),  # one process per slot, not per trial: no re-import
             run_config=tune.RunConfig(
-                name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(RunDir(out).tune), verbose=0,
+                name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(confine.writable(RunDir(out).tune)), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                 callbacks=[progress_callback(sweep, out, jobs, len(sweep.points), len(sweep.points) - len(todo))]))
         tuner.fit()

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from harness import confine
 from harness.errors import ConfigError
 
 MAX_BYTES = 1 << 20  # a config or sweep YAML larger than 1 MiB is refused
@@ -95,7 +96,7 @@ def parse_yaml(text: str, source: str) -> Any:
 
 def read_yaml(path: str | Path, empty_ok: bool = False) -> Any:
     """The YAML file at `path`, bounded; an empty file is an error unless `empty_ok` (then None)."""
-    path = Path(path)
+    path = confine.readable(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, expected a YAML file")
     if not path.is_file():

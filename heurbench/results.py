@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import pandas as pd
 
-from harness import lock, metrics, provenance
+from harness import confine, lock, metrics, provenance
 from harness.errors import ResultsError
 from harness.grid import FINISHED, flatten
 from harness.layout import PLAIN, RunDir
@@ -52,7 +52,7 @@ def trial_columns(run: RunDir, trial_id: str) -> dict[str, Any]:
     trial = run.trial(trial_id)
     status = trial.read_status()
     row = {"sweep": run.name, "trial_id": trial_id, "state": status.get("state")}
-    cfg = json.loads(trial.config_json.read_text()) if trial.config_json.is_file() else \
+    cfg = json.loads(confine.readable(trial.config_json).read_text()) if trial.config_json.is_file() else \
         read_yaml(trial.config) if trial.config.is_file() else None
     if cfg is not None:
         tags = cfg.pop("tags", None) or {}
@@ -108,7 +108,7 @@ def read_rows(files: list[Path], where: dict[str, Any], drop: Callable[[str], bo
     """Rows of `files` (one sweep's: one schema) that hold the `where` values, without the columns `drop` names."""
     import pyarrow.dataset as ds
 
-    data = ds.dataset([str(f) for f in files], format="parquet")
+    data = ds.dataset([str(confine.readable(f)) for f in files], format="parquet")
     names = data.schema.names
     unknown = [k for k in where if k not in names]
     if unknown:

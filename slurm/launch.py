@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from harness.errors import ConfigError
+from harness import confine
 from harness.grid import FINISHED, Sweep, in_order, state_of, write_resolved
 from harness.runner import log_to_stderr, run_point
 from harness.storage import write_text
@@ -192,6 +193,8 @@ def wait(job_ids: list[str], poll: float = 3.0) -> None:
 def cmd_submit(args) -> int:
     sweeps = in_order(args.config)
     out_root = Path(args.out).resolve()
+    for s in sweeps:
+        confine.claim(out_root / s.name, s.name)
     for s in sweeps:
         write_resolved(s, out_root / s.name)
     job_ids = (submit_ray if args.mode == "ray" else submit_array)(sweeps, out_root, args)

@@ -28,6 +28,7 @@ import yaml
 
 from conftest import BASE_TRIAL, CIFAR
 from harness.config import parse_trial
+from harness.confine import MARKER
 from heurbench.cli import main
 
 
@@ -308,6 +309,7 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.chdir(box)
     done = trial(seed=99)
     for root in ("runs", "runs/s"):
+        put(f"{root}/{MARKER}", Path(root).name + "\n")  # heurbench's folders, as it marks them
         t = Path(root) / "trials" / parse_trial(done).trial_id()
         put(str(t / "status.json"), json.dumps({"state": "done", "iteration": 16, "total": 16}))
         put(str(t / "config.yaml"), done)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness import lock
+from harness import confine, lock
 from harness.errors import ConfigError, LockError
 from harness.grid import load_sweep
 from harness.layout import RunDir
@@ -94,6 +94,7 @@ def write_sweep(tmp_path, base, **spec):
 def test_sweep_refused_in_one_line_while_another_driver_holds_it(trial_dict, tmp_path, capsys):
     path = write_sweep(tmp_path, trial_dict, grid={"optim.lr": [0.01, 0.02]})
     run = RunDir(tmp_path / "runs" / "s")
+    confine.claim(run.path, "s")  # the first driver made it
     p = holder(run.lock)
     try:
         assert main(["sweep", str(path), "--out", str(tmp_path / "runs")]) == 2
@@ -116,6 +117,7 @@ def test_trial_held_elsewhere_waits_then_fails_without_marking_it_failed(trial_d
     cfg = TrialConfig.model_validate(trial_dict)
     out = tmp_path / "runs" / "s"
     trial = RunDir(out).trial(cfg.trial_id())
+    confine.claim(out, "s")
     trial.path.mkdir(parents=True)
     trial.status.write_text('{"state": "running", "iteration": 8}')
     monkeypatch.setattr(lock, "TRIAL_WAIT", 0.5)

@@ -107,7 +107,7 @@ def test_report_options_reach_the_study(s7_folder):
     ds = loading.load_data(ck["data_spec"])
     first = Batches(ds.test.images[:37], ds.test.labels[:37], 500, ds.normalize)
     assert swa.averaged.tolist() == ["iter=000008, iter=000016"]
-    assert swa.swa_accuracy.tolist() == [evaluate(loading.build_model(ck), first)["accuracy"]]
+    assert swa.swa_accuracy.tolist() == [evaluate(loading.build_model(ck, str(derived)), first)["accuracy"]]
     cs = loading.Checkpoints.open(RunDir(s7_folder).trial(swa.trial_id.item()).iter_ckpts()[1:])
     splits = cs.splits(37, 37)
     rows, _ = swa_rows(cs.model(0), list(cs.states().values()), splits, splits["train"])

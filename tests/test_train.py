@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from harness import checkpoints
+from harness import checkpoints, confine
 from harness.config import parse_trial
 from harness.train import run_trial
 
@@ -216,6 +216,7 @@ def test_a_checkpoint_that_runs_code_is_refused_with_one_line(trial_dict, tmp_pa
     cfg = parse_trial(trial_dict)
     if entry == "resume":
         last = tmp_path / "run" / "trials" / cfg.trial_id() / "ckpt" / "last.pt"
+        confine.claim(tmp_path / "run", "run")  # the folder as heurbench made it
         last.parent.mkdir(parents=True)
         last.write_bytes(bad.read_bytes())
     else:
@@ -238,6 +239,7 @@ def test_cli_resume_without_a_last_checkpoint_and_a_corrupt_one_are_one_line_err
     assert "nothing to resume" in err and "without --resume" in err and len(err.splitlines()) == 1
     assert not out.exists()  # nothing written
     last = out / "trials" / parse_trial(trial_dict).trial_id() / "ckpt" / "last.pt"
+    confine.claim(out, "run")
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 truncated")
     assert main(["train", str(path), "--out", str(out), "--resume"]) == 2
