@@ -124,6 +124,21 @@ def truncated_pt() -> bytes:
     return Path("y.pt").read_bytes()[:200]
 
 
+def weights_pt(spec_width: float, weights_width: float) -> str:
+    """A heurbench checkpoint of a student CNN whose spec says `spec_width` and whose weights are `weights_width`'s."""
+    from harness.models import build
+
+    spec = {"name": "student_cnn", "width": spec_width, "num_classes": 10, "in_channels": 3}
+    torch.save({"model": build({**spec, "width": weights_width}).state_dict(), "model_spec": spec}, "w.pt")
+    return "w.pt"
+
+
+def other_trials_last_pt() -> bytes:
+    torch.save({"model": {}, "model_spec": {"name": "student_cnn"}, "optimizer": {}, "rng": {}, "iteration": 8,
+                "parts": 1, "elapsed": 1.0, "trial_id": "0123456789"}, "o.pt")
+    return Path("o.pt").read_bytes()
+
+
 def truncated_metrics_report() -> list[str]:
     put("runs/s1_x/sweep.yaml", {"name": "s1_x", "base": trial(), "points": [{"index": 0, "trial_id": "abc",
                                                                               "values": {}}]})
@@ -261,6 +276,12 @@ CASES = [
      True),
     ("tensor-only-init-from", lambda: train(trial(model__init_from=put("z.pt", tensor_only_pt()))),
      "not a heurbench checkpoint", True),
+    ("init-from-other-architecture", lambda: train(trial(model__init_from=weights_pt(0.5, 0.5))),
+     "w.pt: its weights do not fit the model: 'features.0.weight' is [32, 3, 5, 5] in the checkpoint, [16, 3, 5, 5] in the model", True),
+    ("teacher-weights-not-its-spec", lambda: train(trial(distill={"teacher": weights_pt(0.25, 0.5)})),
+     "w.pt: its weights do not fit the model", True),
+    ("resume-other-trials-checkpoint", lambda: resume_with({"ckpt/last.pt": other_trials_last_pt()}),
+     "a checkpoint of trial 0123456789, not of this trial", True),
     ("truncated-status-json", lambda: resume_with({"status.json": '{"state": "do'}),
      "status.json: not a readable status file", False),
     ("status-json-list", lambda: resume_with({"status.json": "[1, 2]"}), "holds a list", False),
