@@ -8,6 +8,7 @@
     <root>/<sweep>/derived/<kind>/<name>.pt             models an analysis made (curve bends, SWA)
     <root>/<sweep>/figures/<name>.png, report.md
     <root>/<sweep>/.lock, .locks/<trial_id>.lock          the sweep's and each trial's lock (harness.lock)
+    <root>/<sweep>/.heurbench-sweep                    the sweep's name: the folder is heurbench's (harness.confine)
 
 This module is the only place that joins those names; it imports nothing heavy.
 """

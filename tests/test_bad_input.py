@@ -277,7 +277,8 @@ CASES = [
     ("tensor-only-init-from", lambda: train(trial(model__init_from=put("z.pt", tensor_only_pt()))),
      "not a heurbench checkpoint", True),
     ("init-from-other-architecture", lambda: train(trial(model__init_from=weights_pt(0.5, 0.5))),
-     "w.pt: its weights do not fit the model: 'features.0.weight' is [32, 3, 5, 5] in the checkpoint, [16, 3, 5, 5] in the model", True),
+     "w.pt: its weights do not fit the model: 'features.0.weight' is [32, 3, 5, 5] in the checkpoint, "
+     "[16, 3, 5, 5] in the model", True),
     ("teacher-weights-not-its-spec", lambda: train(trial(distill={"teacher": weights_pt(0.25, 0.5)})),
      "w.pt: its weights do not fit the model", True),
     ("resume-other-trials-checkpoint", lambda: resume_with({"ckpt/last.pt": other_trials_last_pt()}),
