@@ -77,11 +77,15 @@ def known(kind: str):
 
 class ModelCfg(Strict):
     name: str
-    bn: bool = False
-    init: Literal["default", "he_normal"] = "he_normal"
+    bn: Union[bool, Literal["sync"]] = Field(False, description="VGG: BN after each conv; 'sync': BN layers (VGG's "
+                                             "or a ResNet's) normalise over the whole DDP batch (SyncBatchNorm)")
+    init: Literal["default", "he_normal", "keskar"] = Field("he_normal", description="keskar: the closer-look "
+                                                            "authors' VGG init (harness.models.keskar_)")
     init_scale: float = Field(1.0, gt=0, description="multiplier on the init variance (S1 mode E uses 3)")
     dropout: float = Field(0.0, ge=0, lt=1)
     width: float = Field(1.0, gt=0, description="width multiplier of VGG, ResNet and the student CNN (reduced-scale studies)")
+    fc_width: Optional[int] = Field(None, gt=0, description="VGG's hidden FC width (default 512 x width; the "
+                                    "closer-look authors' VGG has 4096)")
     init_from: Optional[str] = Field(None, description="checkpoint (path or @sweep:point:file) whose weights start the run")
 
     _known = known("model")
@@ -241,6 +245,10 @@ def describe(err: ValidationError, prefix: tuple = ()) -> str:
     return format_error(err, "", prefix).removeprefix(": ")
 
 
+HASHED_WHEN_SET = [("model", "fc_width")]  # fields added after results existed: at their default (None) a trial
+# hashes as before they did, so its results keep their trial id
+
+
 class TrialConfig(Strict):
     name: str = "trial"
     seed: int = Field(0, ge=0)
@@ -300,10 +308,14 @@ class TrialConfig(Strict):
 
     def trial_id(self) -> str:
         """Stable id: hash of the resolved config (name and plugins excluded, so that renaming keeps results and a
-        module that moved into a package keeps them too; no plug-in heuristics hashes as before they existed)."""
+        module that moved into a package keeps them too; no plug-in heuristics, and HASHED_WHEN_SET fields at their
+        default, hash as before they existed)."""
         d = self.model_dump(mode="json", exclude={"name", "plugins"})
         if not d["heuristics"]:
             del d["heuristics"]
+        for section, key in HASHED_WHEN_SET:
+            if d[section].get(key) is None:
+                d[section].pop(key, None)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def __reduce__(self):

@@ -124,7 +124,8 @@ def compact(run: RunDir, trial_id: str) -> bool:
         write_text(trial.config_json, json.dumps(read_yaml(trial.config)))
     if len(parts) < 2:
         return False
-    table = pa.concat_tables([pq.read_table(parts[n]) for n in first])
+    table = pa.concat_tables([pq.read_table(parts[n]) for n in first], promote_options="default")  # resumed on
+    # a later heurbench that writes a new column: earlier rows hold nulls
     write_merged(run.metrics_staged(trial_id) / run.metrics_part(trial_id, first[0]).name, table, counts)
     os.rename(run.metrics_of(trial_id), run.metrics_retired(trial_id))
     os.rename(run.metrics_staged(trial_id), run.metrics_of(trial_id))

@@ -27,7 +27,7 @@ class VGG(nn.Module):
     """CIFAR VGG as in the mode-connectivity code (Garipov et al. 2018): 3-layer FC stack."""
 
     def __init__(self, depth: int, num_classes: int, bn: bool = False, dropout: float = 0.0, in_channels: int = 3,
-                 width: float = 1.0):
+                 width: float = 1.0, fc_width: int | None = None):
         super().__init__()
         layers: list[nn.Module] = []
         probes = []
@@ -44,7 +44,7 @@ class VGG(nn.Module):
             probes.append(f"features.{len(layers) - 1}")
             c = v
         self.features = nn.Sequential(*layers)
-        h = max(1, round(512 * width))
+        h = fc_width or max(1, round(512 * width))
         self.classifier = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(c, h), nn.ReLU(),
             nn.Dropout(dropout), nn.Linear(h, h), nn.ReLU(),
@@ -139,8 +139,8 @@ register.contract("model", lambda e: "a class registered as a model must subclas
 
 
 def vgg(depth: int, s: dict) -> VGG:
-    return VGG(depth, s["num_classes"], s.get("bn", False), s.get("dropout", 0.0), s.get("in_channels", 3),
-               s.get("width", 1.0))
+    return VGG(depth, s["num_classes"], bool(s.get("bn", False)), s.get("dropout", 0.0), s.get("in_channels", 3),
+               s.get("width", 1.0), s.get("fc_width"))
 
 
 def resnet(widths: list[int], blocks: list[int], s: dict, scale_invariant: bool = False) -> ResNet:
@@ -194,16 +194,34 @@ def he_normal_(model: nn.Module, scale: float = 1.0) -> None:
                     m.bias.zero_()
 
 
+def keskar_(model: nn.Module) -> None:
+    """The closer-look authors' VGG init (akhileshgotmare/sgdr `vgg.py`, from keskarnitish/large-batch-training):
+    conv weights ~ N(0, 2 / (k^2 * out_channels)) (fan-out), every linear weight ~ N(0, 0.01^2), all biases 0."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.normal_(0.0, math.sqrt(2.0 / (m.weight[0, 0].numel() * m.out_channels)))
+            elif isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, 0.01)
+            else:
+                continue
+            if m.bias is not None:
+                m.bias.zero_()
+
+
 def build(spec: dict) -> nn.Module:
-    """Model from a spec: the model section ({"name", "bn", "init", "init_scale", "dropout", "width", and a
-    plug-in model's own options}) plus "num_classes" and "in_channels"; its contract checked (`check_model`)."""
+    """Model from a spec: the model section ({"name", "bn", "init", "init_scale", "dropout", "width", "fc_width",
+    and a plug-in model's own options}) plus "num_classes" and "in_channels"; its contract checked (`check_model`)."""
     entry = register.get("model", spec["name"])
     model = entry.obj(spec)
     check_model(model, f"model {entry.name!r} ({entry.module})")
-    if spec.get("init", "he_normal") == "he_normal":
-        he_normal_(model, spec.get("init_scale", 1.0))
-    elif spec.get("init_scale", 1.0) != 1.0:
+    init, scale = spec.get("init", "he_normal"), spec.get("init_scale", 1.0)
+    if init == "he_normal":
+        he_normal_(model, scale)
+    elif scale != 1.0:
         raise ValueError("model.init_scale needs model.init: he_normal")
+    elif init == "keskar":
+        keskar_(model)
     return model
 
 

@@ -6,6 +6,8 @@ and a member of a pack write the same files and either can resume a trial the ot
 """
 from __future__ import annotations
 
+import math
+
 import os
 import shutil
 from pathlib import Path
@@ -32,7 +34,7 @@ class TrialRecord:
     """The files of one trial. Only the main rank (`main`) writes."""
 
     def __init__(self, cfg: TrialConfig, out: Path, sweep: str, spec: dict, spe: int, total: int, world: int = 1,
-                 main: bool = True, origin: Optional[dict] = None):
+                 main: bool = True, origin: Optional[dict] = None, bn_batch: float = math.nan):
         self.cfg, self.run, self.spe, self.total, self.main = cfg, RunDir(out), spe, total, main
         self.tid = cfg.trial_id()
         self.dir = self.run.trial(self.tid)
@@ -41,7 +43,7 @@ class TrialRecord:
         self.common = {"model_spec": spec, "data_spec": cfg.data.model_dump(mode="json"), "trial_id": self.tid,
                        "config": cfg.model_dump(mode="json"), "provenance": origin or {}}
         self.base = {"sweep": sweep, "trial_id": self.tid, **tag_columns([cfg.tags])[0],
-                     "seed": cfg.seed, "world_size": world}
+                     "seed": cfg.seed, "world_size": world, "bn_batch": float(bn_batch)}
         self.probed: dict = {}  # the heuristics' probed values (harness/heuristics.py), e.g. warmup's eta_init
         self.iteration = 0
         self.ended: Optional[str] = None

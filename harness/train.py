@@ -27,7 +27,7 @@ from harness.module_engine import ModuleEngine
 from harness.pack import check_packable
 from harness.record import TrialRecord, finished_state
 from harness.stacked_engine import stacked_engine
-from harness.trial import eval_interval, model_spec, steps
+from harness.trial import bn_batch, eval_interval, model_spec, steps
 
 log = logging.getLogger("heurbench.train")
 
@@ -98,8 +98,8 @@ def train_locked(cfgs: list[TrialConfig], out: Path, resume: bool, sweep: str, d
     ds = data_mod.load(todo[0].data).to(device)
     spe, total = steps(todo[0], len(ds.train))
     spec = model_spec(todo[0], ds)
-    recs = [TrialRecord(c, out, sweep, spec, spe, total, d.world, d.main, provenance.of_trial(c, device))
-            for c in todo]
+    recs = [TrialRecord(c, out, sweep, spec, spe, total, d.world, d.main, provenance.of_trial(c, device),
+                        bn_batch(c, spec, d.world)) for c in todo]
     cks = [r.resume_from(device) if resume else None for r in recs]
     if len({ck["iteration"] if ck else 0 for ck in cks}) > 1:
         log.warning("pack: members left at different iterations; resuming them one at a time")

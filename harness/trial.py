@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 
 import torch
 
 from harness.config import TrialConfig
 from harness.data import Dataset
 from harness.errors import ConfigError
+from harness.models import build
+from harness.sync_bn import has_batchnorm
 
 log = logging.getLogger("heurbench.trial")
 
@@ -18,6 +21,16 @@ def model_spec(cfg: TrialConfig, ds: Dataset) -> dict:
     """The spec `harness.models.build` takes: the model section plus the data's classes and channels."""
     return {**cfg.model.model_dump(mode="json"), "num_classes": ds.num_classes,
             "in_channels": int(ds.train.images.shape[1])}
+
+
+def bn_batch(cfg: TrialConfig, spec: dict, world: int) -> float:
+    """How many images each BN layer of the trial's model normalises over in training: the global batch in one
+    process or with `model.bn: sync`, each DDP rank's share otherwise; NaN for a model without batch norm."""
+    with torch.device("meta"):
+        model = build(spec)
+    if not has_batchnorm(model):
+        return math.nan
+    return cfg.data.batch_size if world == 1 or cfg.model.bn == "sync" else cfg.data.batch_size // world
 
 
 def steps(cfg: TrialConfig, n_train: int) -> tuple[int, int]:

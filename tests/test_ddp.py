@@ -1,10 +1,12 @@
 """DDP equivalence on CPU with real gloo: the same global batch on 1 process and on 2 ranks (torchrun, and
-Ray Train's TorchTrainer) gives the same loss trajectory.
+Ray Train's TorchTrainer) gives the same loss trajectory; with batch norm, only when it is synchronised.
 
 Tolerance: 1e-5 relative on every logged loss over 16 SGD steps of the student CNN (no BN, no dropout).
 The two runs differ only in float32 summation order (gradients all-reduced as a mean of two half-batch
 means), measured at <= ~2e-7; chaotic growth makes the gap reach 1e-4 after ~24 steps at this LR.
 """
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -56,3 +58,35 @@ def test_ray_train_torchtrainer_two_workers_match_one_process(cfg, tmp_path, ray
     TorchTrainer(lambda: run_trial(cfg, out), scaling_config=ScalingConfig(num_workers=2),
                  run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="ddp")).fit()
     assert_same_trajectory(metrics(tmp_path / "one"), metrics(out))
+
+
+def bn_trial(trial_dict, bn):
+    trial_dict.update(model={"name": "vgg11", "bn": bn, "width": 0.25}, budget={"iterations": 4},
+                      eval={"every": 4, "unit": "iteration", "train_stride": 1, "log_every": 4})
+    trial_dict["data"]["augment"] = False
+    return parse_trial(trial_dict)
+
+
+@pytest.mark.slow
+def test_synchronised_bn_two_ranks_match_one_process_and_per_rank_bn_does_not(trial_dict, tmp_path):
+    """VGG-11 with BN, global batch 50: with `bn: sync` 2 gloo ranks normalise over the whole batch as 1 process
+    does (the iteration-0 loss to 1e-6, the next steps and the test loss with the running statistics to 1e-5);
+    with per-rank BN (`bn: true`) each rank normalises its 25 images and the iteration-0 loss differs."""
+    sync, per_rank = bn_trial(trial_dict, "sync"), bn_trial(copy.deepcopy(trial_dict), True)
+    assert run_trial(sync, tmp_path / "one") == "done"
+    assert run_point(sync, tmp_path / "sync", workers=2) == "done"
+    assert run_point(per_rank, tmp_path / "rank", workers=2) == "done"
+    one, two, rank = (metrics(tmp_path / n) for n in ("one", "sync", "rank"))
+    first = lambda m: m[(m.kind == "step") & (m.iteration == 0)].loss.item()
+    print(f"iteration-0 loss: one process {first(one):.8f}, 2 ranks sync {first(two):.8f}, per rank {first(rank):.8f}")
+    assert abs(first(two) - first(one)) <= 1e-6 * first(one)
+    assert abs(first(rank) - first(one)) > 1e-4 * first(one)
+    assert one[KEY].equals(two[KEY])
+    assert np.allclose(one.loss, two.loss, rtol=RTOL)
+    assert (one.bn_batch == 50).all() and (two.bn_batch == 50).all() and (rank.bn_batch == 25).all()
+
+
+@pytest.mark.slow
+def test_bn_batch_is_nan_for_a_model_without_bn(cfg, tmp_path):
+    assert run_trial(cfg, tmp_path) == "done"
+    assert metrics(tmp_path).bn_batch.isna().all()

@@ -97,3 +97,46 @@ def test_resnet_is_not_scale_invariant_in_its_last_layer():
     with torch.no_grad():
         m.fc.weight.mul_(2)
     assert not torch.allclose(m(x), ref)
+
+
+def test_keskar_init_draws_the_authors_distributions():
+    """keskarnitish/large-batch-training's VGG init: every conv N(0, 2 / (k^2 out_channels)), every linear N(0, 0.01^2),
+    biases 0. Each tensor's standardised weights pass a Kolmogorov-Smirnov test against N(0, 1) (an independent
+    reference: scipy's normal CDF), and its sample std is within 5 standard errors of the target."""
+    from scipy import stats
+
+    torch.manual_seed(0)
+    m = build({"name": "vgg11", "num_classes": 10, "init": "keskar", "dropout": 0.5, "fc_width": 4096})
+    layers = [x for x in m.modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert [x.out_features for x in layers if isinstance(x, torch.nn.Linear)] == [4096, 4096, 10]
+    assert sum(isinstance(x, torch.nn.Dropout) and x.p == 0.5 for x in m.classifier) == 2
+    for x in layers:
+        w = x.weight.detach().double().flatten()
+        std = math.sqrt(2 / (9 * x.out_channels)) if isinstance(x, torch.nn.Conv2d) else 0.01
+        assert abs(w.std().item() - std) < 5 * std / math.sqrt(2 * len(w)), x
+        sample = (w[:: max(1, len(w) // 20000)] / std).numpy()
+        assert stats.kstest(sample, "norm").pvalue > 1e-4, x
+        assert x.bias.abs().sum() == 0
+    he = build({"name": "vgg11", "num_classes": 10})  # he_normal is fan-in: the first conv differs by 64 / 27
+    assert he.features[0].weight.std().item() == pytest.approx(math.sqrt(2 / 27), rel=0.1)
+    assert m.features[0].weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 64)), rel=0.1)
+
+
+def test_init_scale_needs_he_normal():
+    with pytest.raises(ValueError, match="init_scale needs model.init: he_normal"):
+        build({"name": "vgg11", "num_classes": 10, "init": "keskar", "init_scale": 3.0})
+
+
+def test_synchronised_bn_is_plain_bn_in_one_process_with_the_same_state_dict():
+    from harness.sync_bn import SyncBatchNorm2d, has_batchnorm, synchronise
+
+    torch.manual_seed(0)
+    plain = build({"name": "resnet32", "num_classes": 10, "width": 0.25})
+    sync = synchronise(build({"name": "resnet32", "num_classes": 10, "width": 0.25}))
+    sync.load_state_dict(plain.state_dict())
+    assert list(sync.state_dict()) == list(plain.state_dict()) and has_batchnorm(sync)
+    assert sum(isinstance(m, SyncBatchNorm2d) for m in sync.modules()) == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    x = torch.randn(8, 3, 32, 32)
+    assert torch.equal(sync(x), plain(x)) and torch.equal(sync.stem[1].running_var, plain.stem[1].running_var)
+    assert not has_batchnorm(build({"name": "student_cnn", "num_classes": 10}))
