@@ -9,6 +9,7 @@
 #   s3          S3 at paper scale, 30 epochs (sweeps/gpu/s3_30ep.yaml) and its report; LOGDIR/s3.tar.gz
 #   s3fp32      its large-batch runs in fp32 without compile (sweeps/gpu/s3_30ep_fp32.yaml); LOGDIR/s3fp32.tar.gz
 #   s3bn        S3 as in s3 with BN in VGG-11 (sweeps/gpu/s3_30ep_bn.yaml) and its report; LOGDIR/s3bn.tar.gz
+#   s3keskar    S3 as in s3 with the authors' VGG-11 (sweeps/gpu/s3_30ep_keskar.yaml) and its report; LOGDIR/s3keskar.tar.gz
 # Usage: bash bench/gpu_checks.sh LOGDIR [STEP...]   (default: tests vgg16 others profile analysis)
 set -u
 cd "$(dirname "$0")/.."
@@ -43,6 +44,9 @@ for s in $steps; do
     s3bn) run s3bn 300 python3 bench/sweep_one_gpu.py sweeps/gpu/s3_30ep_bn.yaml --out runs
           run s3bn 120 python3 -m heurbench.cli report runs/s3_gpu_30ep_bn --inputs 2000
           tar czf "$out/s3bn.tar.gz" --exclude=ckpt --exclude=.tune -C runs s3_gpu_30ep_bn ;;
-    *) echo "unknown step $s (expected tests vgg16 others profile analysis s3 s3fp32 s3bn)"; exit 2 ;;
+    s3keskar) run s3keskar 300 python3 bench/sweep_one_gpu.py sweeps/gpu/s3_30ep_keskar.yaml --out runs
+              run s3keskar 120 python3 -m heurbench.cli report runs/s3_gpu_30ep_keskar --inputs 2000
+              tar czf "$out/s3keskar.tar.gz" --exclude=ckpt --exclude=.tune -C runs s3_gpu_30ep_keskar ;;
+    *) echo "unknown step $s (expected tests vgg16 others profile analysis s3 s3fp32 s3bn s3keskar)"; exit 2 ;;
     esac
 done
