@@ -28,6 +28,8 @@ import pandas as pd
 from analysis import stats
 
 HELD, NOT_HELD, INCONCLUSIVE = "held", "not held", "inconclusive"
+NOT_JUDGED = "not judged"  # a study's declared precondition failed (frame.attrs[REFUSED]: claim id -> why)
+REFUSED = "refused"
 KINDS = ("above", "below", "within")
 CHANCE_MARGIN = 0.1  # `unstable`: final accuracy at most chance + 0.1 (10 classes: <= 0.2)
 
@@ -225,8 +227,11 @@ def judge(claim: Claim | RateClaim, frame: pd.DataFrame) -> dict:
 
 
 def table(claims: list, frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim (see `judge`)."""
-    return pd.DataFrame([judge(c, frame) for c in claims])
+    """One row per claim (see `judge`); a claim the study refused (`frame.attrs[REFUSED]`, claim id -> the one-line
+    reason, a rule its module declared) keeps its interval but is "not judged", the reason as its note."""
+    refused = frame.attrs.get(REFUSED, {})
+    return pd.DataFrame([{**judge(c, frame), "verdict": NOT_JUDGED, "note": refused[c.id]} if c.id in refused
+                         else judge(c, frame) for c in claims])
 
 
 COLUMNS = ("claim", "verdict", "mean", "interval", "rule", "seeds", "method", "statistic", "note")

@@ -24,7 +24,7 @@ th { background: #f0f0f0; cursor: pointer; user-select: none; position: sticky; 
 th.asc::after { content: " \\25B2"; } th.desc::after { content: " \\25BC"; }
 tr:nth-child(even) td { background: #fafafa; }
 td.held { background: #d9f2d9 !important; } td.not-held { background: #f8d7d7 !important; }
-td.inconclusive { background: #eee !important; }
+td.inconclusive, td.not-judged { background: #eee !important; }
 code { background: #f3f3f3; padding: 0 3px; }
 figure { display: inline-block; margin: 0 1em 1.5em 0; vertical-align: top; }
 img { max-width: 100%; border: 1px solid #ddd; } figcaption { font-size: 12px; color: #555; }
@@ -47,7 +47,7 @@ document.querySelectorAll("table").forEach(table => {
   }));
   table.querySelectorAll("td").forEach(td => {
     const v = td.textContent.trim();
-    if (["held", "not held", "inconclusive"].includes(v)) td.classList.add(v.replace(" ", "-"));
+    if (["held", "not held", "inconclusive", "not judged"].includes(v)) td.classList.add(v.replace(" ", "-"));
   });
 });
 """

@@ -246,10 +246,14 @@ def swa_accuracy(r: Report, ckpts: list[Path], images: int) -> tuple[float, floa
 
 
 # `heurbench report` options that scale a study's analyses; each study declares the ones it takes (Study.sizes).
-SIZES = {"images": "train/test images per evaluation (curves, planes, SWA, sharpness, frequency)",
-         "inputs": "inputs per CCA", "t_points": "points along each curve/segment", "grid": "plane grid per axis",
-         "curve_epochs": "curve training epochs at which to evaluate (the last is the training length)",
-         "iters": "Lanczos iterations at most (it stops earlier once converged)"}
+SIZES = {"images": dict(help="train/test images per evaluation (curves, planes, SWA, sharpness, frequency)"),
+         "inputs": dict(help="inputs per CCA"), "t_points": dict(help="points along each curve/segment"),
+         "grid": dict(help="plane grid per axis"),
+         "curve_epochs": dict(nargs="+", help="curve training epochs at which to evaluate (the last is the training "
+                              "length)"),
+         "iters": dict(help="Lanczos iterations at most (it stops earlier once converged)"),
+         "bn": dict(type=str, choices=("running", "batch"), help="BN in the sharpness Hessian: running (eval-mode "
+                    "statistics) or batch (each batch's own, as in the loss SGD follows)")}  # argparse keywords
 
 
 def study_of(r: Report, study: str | None = None) -> tuple[str, "Study"]:
@@ -333,9 +337,9 @@ def add_parser(sub, help: str) -> None:
                    "module:Class (default: the sweep YAML's `study:`, else the sweep name's prefix)")
     p.add_argument("--target", type=float, help="test accuracy for the time-to-target table (default: 0.9 x the "
                    "best any finished trial reached)")
-    for k, text in SIZES.items():
-        p.add_argument("--" + k.replace("_", "-"), type=int, nargs="+" if k == "curve_epochs" else None,
-                       help=text + " (default: the study's, sized for the reduced sweeps)")
+    for k, spec in SIZES.items():
+        p.add_argument("--" + k.replace("_", "-"), **{"type": int, **spec,
+                                                       "help": spec["help"] + " (default: the study's, sized for the reduced sweeps)"})
 
     def run(a) -> int:
         print(report(a.run_dir, a.study, a.target, **{k: getattr(a, k) for k in SIZES}))

@@ -174,3 +174,23 @@ def test_markdown_puts_the_verdict_next_to_the_claim():
         ["|", "claim", "|", "verdict", "|", "note", "|"]
     with pytest.raises(ValueError, match="claims table: no 'verdict' column"):
         claims.markdown(rows.drop(columns="verdict"))
+
+
+def test_a_refused_claim_keeps_its_interval_and_is_not_judged():
+    from analysis.claims import NOT_JUDGED, REFUSED
+
+    c = Claim("s", "c", "statement", "a minus b", ("a", "b"), above(0.0))
+    frame = pd.DataFrame({"a": [0.9, 0.8, 0.85], "b": [0.1, 0.2, 0.15]}, index=pd.Index([0, 1, 2], name="seed"))
+    judged = claims.table([c], frame).iloc[0]
+    frame.attrs[REFUSED] = {"c": "not judged: the teacher is weak"}
+    refused = claims.table([c], frame).iloc[0]
+    assert judged.verdict == "held" and refused.verdict == NOT_JUDGED
+    assert refused.note == "not judged: the teacher is weak" and refused.ci_lo == judged.ci_lo
+
+
+def test_s4_teacher_rule_needs_the_declared_margin():
+    from analysis.studies.s4_distill import TEACHER_MARGIN, teacher_rule
+
+    assert teacher_rule(0.60 + TEACHER_MARGIN, 0.60) is None
+    why = teacher_rule(0.489, 0.522)
+    assert why.startswith("not judged: the teacher's test accuracy 0.4890 is not 0.05 above") and "\n" not in why

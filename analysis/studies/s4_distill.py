@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis import plots
-from analysis.claims import Claim, above
+from analysis import benchmark, plots
+from analysis.claims import REFUSED, Claim, above
+from analysis.evaluation import evaluate
 from analysis.report import Report, accuracy_curves, over_seeds, per_seed, similarity
 from analysis.study import Study
 from analysis.studies.s3_warmup import is_fc
@@ -21,6 +22,18 @@ CLAIMS = [
           "|SVCCA distilled - SVCCA hard labels| against every teacher layer: mean over the student's FC layers "
           "minus mean over its conv layers", ("fc_diff", "conv_diff"), above(0.0)),
 ]
+
+TEACHER_MARGIN = 0.05  # declared before the second round: distill_beats_hard_labels is judged only when the
+# teacher's test accuracy exceeds the hard-label students' mean final test accuracy by at least this much
+
+
+def teacher_rule(teacher_accuracy: float, hard_label_accuracy: float) -> str | None:
+    """Why distill_beats_hard_labels cannot be judged (a teacher not well above the hard-label student tests
+    nothing), or None when the teacher clears TEACHER_MARGIN."""
+    if teacher_accuracy >= hard_label_accuracy + TEACHER_MARGIN:
+        return None
+    return (f"not judged: the teacher's test accuracy {teacher_accuracy:.4f} is not {TEACHER_MARGIN:g} above the "
+            f"hard-label students' {hard_label_accuracy:.4f} (rule: analysis/studies/s4_distill.py TEACHER_MARGIN)")
 
 
 @register.study("s4")
@@ -47,6 +60,7 @@ class Distill(Study):
         seeds = sorted(s for s, g in finished.groupby("seed") if set(g["tags.student"]) >= {"distilled", "hard_labels"})
         if not seeds:
             r.say("No seed has both students finished (diverged or still running): no SVCCA against the teacher.", "")
+        refused = self.check_teacher(r, teacher, finished)
         keys = ["index_a", "index_b", "layer_a", "layer_b"]
         values = keys + ["similarity", "null_mean"]
         diffs = []
@@ -74,4 +88,23 @@ class Distill(Study):
                   .to_markdown(index=False, floatfmt=".3f"), "")
             part = diff.assign(part=diff.layer_a.map(lambda l: "fc_diff" if is_fc(l) else "conv_diff"))
             frame = frame.join(part.pivot_table(index="seed", columns="part", values="similarity"))
+        frame.attrs[REFUSED] = refused
         return frame
+
+    @staticmethod
+    def check_teacher(r: Report, teacher, finished: pd.DataFrame) -> dict[str, str]:
+        """The teacher's accuracy on the students' test split next to the hard-label students' final test accuracy,
+        in the report; {claim id: why} for the claims TEACHER_MARGIN refuses."""
+        hard = finished[finished["tags.student"] == "hard_labels"]
+        test = benchmark.per_trial(r.metrics, "test").set_index("trial_id").final_accuracy if (
+            r.metrics.split == "test").any() else pd.Series(dtype=float)
+        if hard.empty or test.empty:
+            return {"distill_beats_hard_labels": "not judged: no finished hard-label student with a test accuracy "
+                                                 "to compare the teacher with (TEACHER_MARGIN)"}
+        cs = r.open(hard.final.iloc[0], teacher)
+        t_acc = evaluate(cs.model(1), cs.batches("test"))["accuracy"]
+        s_acc = float(test.reindex(hard.trial_id).mean())
+        r.say(f"Teacher: test accuracy {t_acc:.4f} on the students' {len(cs.batches('test'))} test images; hard-label "
+              f"students: {s_acc:.4f} (mean final test accuracy); the rule asks for {TEACHER_MARGIN:g} more.", "")
+        why = teacher_rule(t_acc, s_acc)
+        return {"distill_beats_hard_labels": why} if why else {}

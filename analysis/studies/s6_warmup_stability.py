@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import benchmark, plots
-from analysis.claims import Claim, RateClaim, above, below, unstable
+from analysis.claims import CHANCE_MARGIN, Claim, RateClaim, above, below, unstable
 from analysis.report import Report
 from analysis.study import Study
 from analysis.sharpness import ITERS, TOL, sharpness
@@ -29,8 +29,9 @@ CLAIMS = [
           ("sgd_catapult", "sgd_longest"), above(-0.5), log2_ratio),
     Claim("s6", "warmup_ends_well_conditioned", "Warmup forces the network into better-conditioned regions: at the "
           "end of warmup the sharpness is below the target LR's stability limit 2 / eta_trgt (abstract; SGD).",
-          "eta_trgt x top Hessian eigenvalue at the end of the longest warmup from 0, at the largest eta_trgt stable "
-          "with it (SGD)", ("sgd_eta_sharpness",), below(2.0)),
+          "eta_trgt x top Hessian eigenvalue (of the loss with BN on each batch's statistics, the loss SGD follows) "
+          "at the end of the longest warmup from 0, at the largest eta_trgt stable with it (SGD)",
+          ("sgd_eta_sharpness",), below(2.0)),
     Claim("s6", "gi_adam_like_warmup", "GI-Adam (second moment initialised from the first gradient) gives benefits "
           "similar to warmup: without warmup it tolerates a larger eta_trgt than Adam (abstract).",
           "log2 of the largest stable eta_trgt without warmup, GI-Adam over Adam", ("gi_adam_none", "adam_none"),
@@ -80,14 +81,17 @@ class WarmupStability(Study):
     """S6 (Kalra & Barkeshli): why warmup works, through stability limits and sharpness during warmup."""
 
     claims = CLAIMS
-    sizes = {"images": 100, "iters": ITERS}
+    sizes = {"images": 100, "iters": ITERS, "bn": "batch"}
     columns = ("optim.lr", "warmup.length")
 
-    def analyze(self, r: Report, *, images: int, iters: int) -> pd.DataFrame:
+    def analyze(self, r: Report, *, images: int, iters: int, bn: str) -> pd.DataFrame:
         """Largest stable eta_trgt per optimizer, warmup start (0 or the loss-catapult LR) and warmup length
-        (stable: not diverged and final train loss below its start); sharpness (top Hessian eigenvalue, Lanczos to
-        its default tolerance, at most `iters` steps) at the checkpoints through warmup; all per seed;
-        returns the per-seed frame of the claims."""
+        (stable: done, final train loss below its start, and final test accuracy above chance + CHANCE_MARGIN,
+        i.e. not `unstable`: a net stuck at chance is not stable); sharpness (top Hessian eigenvalue with BN as
+        `bn` says, Lanczos to its default tolerance, at most `iters` steps) at the checkpoints through warmup;
+        all per seed; returns the per-seed frame of the claims."""
+        test = benchmark.per_trial(r.metrics, "test").set_index("trial_id").final_accuracy if (
+            r.metrics.split == "test").any() else pd.Series(dtype=float)
         m = r.metrics[r.metrics.split == "train"].sort_values("iteration")
         rows = []
         for _, p in r.points.iterrows():
@@ -98,7 +102,9 @@ class WarmupStability(Study):
                          "start": "catapult" if p.get("warmup.eta_init") == "catapult" else "0",
                          "eta_init": float(state.get("eta_init", 0.0)), "state": state.get("state", "pending"),
                          "loss_start": part.loss.iloc[0], "loss_end": part.loss.iloc[-1],
-                         "stable": state.get("state") == "done" and part.loss.iloc[-1] < part.loss.iloc[0]})
+                         "final_accuracy": test.get(p.trial_id, float("nan")),
+                         "stable": part.loss.iloc[-1] < part.loss.iloc[0] and unstable(
+                             state.get("state", "pending"), test.get(p.trial_id, float("nan")), CHANCE) == 0.0})
         grid = r.table("stability", pd.DataFrame(rows))
         keys = ["optimizer", "start", "warmup"]
         best = r.table("largest_stable", grid[grid.stable].groupby([*keys, "seed"]).eta_trgt.max().reset_index())
@@ -114,8 +120,9 @@ class WarmupStability(Study):
             ckpts += [r.ckpt(tid, checkpoint_name(i)) for i in r.iter_ckpts(tid) if i > 0 or init == tid]
         cs = r.open(*ckpts)
         train = cs.batches("train", images)
-        sharp = sharpness(cs.by_id(), train, iters=iters, device=cs.device)
-        cs.write_each("sharpness", sharp, ["ckpt"], method="lanczos", iters=iters, tol=TOL, probes=0, images=len(train))
+        sharp = sharpness(cs.by_id(), train, iters=iters, device=cs.device, bn=bn)
+        cs.write_each("sharpness", sharp, ["ckpt"], method="lanczos", iters=iters, tol=TOL, probes=0, images=len(train),
+                      bn=bn)
         sharp = sharp.assign(trial_id=sharp.ckpt.str.split("/").str[0])
         at0 = sharp[sharp.iteration == 0].set_index("trial_id")
         sharp = pd.concat([sharp[sharp.iteration > 0]] + [at0.loc[[init]].reset_index().assign(trial_id=tid)
@@ -136,7 +143,5 @@ class WarmupStability(Study):
         if len(sgd):
             frame = frame.join(sgd.set_index("seed").eval("eta_trgt * top_eigenvalue").rename("sgd_eta_sharpness"),
                                how="outer")
-        test = benchmark.per_trial(r.metrics, "test").set_index("trial_id").final_accuracy if (
-            r.metrics.split == "test").any() else pd.Series(dtype=float)
-        frame = frame.join(unstable_at_top_lr(grid.assign(final_accuracy=grid.trial_id.map(test))), how="outer")
+        frame = frame.join(unstable_at_top_lr(grid), how="outer")
         return frame
