@@ -206,3 +206,12 @@ def test_s6_instability_is_judged_at_the_grids_largest_lr_per_seed():
     row = judge(CLAIMS[4], got)
     assert row["claim"] == "warmup_lowers_instability" and row["verdict"] == "inconclusive" and row["seeds"] == 3
     assert judge(CLAIMS[5], got)["note"].startswith("nothing in this sweep gives")
+
+
+def test_s6_stable_needs_done_a_falling_loss_and_accuracy_above_chance_plus_margin():
+    from analysis.studies.s6_warmup_stability import is_stable
+
+    assert is_stable("done", 2.5, 1.2, 0.45)
+    assert not is_stable("done", 2.5, 2.2, 0.2)  # round 1 called this stable: loss fell from above ln 10, at chance
+    assert not is_stable("done", 2.0, 2.1, 0.45) and not is_stable("diverged", 2.5, 1.2, 0.45)
+    assert not is_stable("running", 2.5, 1.2, float("nan")) and not is_stable("done", 2.5, 1.2, float("nan"))

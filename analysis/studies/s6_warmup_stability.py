@@ -49,6 +49,13 @@ CLAIMS = [
 CHANCE = 0.1  # CIFAR-10
 
 
+def is_stable(state: str, loss_start: float, loss_end: float, final_accuracy: float) -> bool:
+    """The stability rule (round 2, declared before its run): the trial is done, its final train loss is below its
+    first, and it is not `unstable` (final test accuracy above chance + CHANCE_MARGIN): a net stuck at chance
+    whose loss started above ln 10 is not stable."""
+    return bool(loss_end < loss_start) and unstable(state, final_accuracy, CHANCE, CHANCE_MARGIN) == 0.0
+
+
 def per_seed_limits(best: pd.DataFrame) -> pd.DataFrame:
     """Per seed, the largest stable eta_trgt of each optimizer without warmup (<opt>_none), with its longest warmup
     from 0 (<opt>_longest) and with its shortest warmup from the catapult LR (<opt>_catapult)."""
@@ -103,8 +110,8 @@ class WarmupStability(Study):
                          "eta_init": float(state.get("eta_init", 0.0)), "state": state.get("state", "pending"),
                          "loss_start": part.loss.iloc[0], "loss_end": part.loss.iloc[-1],
                          "final_accuracy": test.get(p.trial_id, float("nan")),
-                         "stable": part.loss.iloc[-1] < part.loss.iloc[0] and unstable(
-                             state.get("state", "pending"), test.get(p.trial_id, float("nan")), CHANCE) == 0.0})
+                         "stable": is_stable(state.get("state", "pending"), part.loss.iloc[0], part.loss.iloc[-1],
+                                             test.get(p.trial_id, float("nan")))})
         grid = r.table("stability", pd.DataFrame(rows))
         keys = ["optimizer", "start", "warmup"]
         best = r.table("largest_stable", grid[grid.stable].groupby([*keys, "seed"]).eta_trgt.max().reset_index())
