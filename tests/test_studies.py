@@ -37,14 +37,15 @@ def test_every_study_has_a_reduced_sweep():
 
 def test_every_study_has_a_claims_sweep_with_seeds():
     """sweeps/claims/: each study's sweeps are named <study>_..._claims and run at least 3 seeds (but the S4
-    teacher, and S5's fine-tuning, whose seeds are those of the pre-trained points it starts from)."""
+    teacher, S5's one-seed pilot, and S5's fine-tuning, whose seeds are those of the pre-trained points it starts
+    from)."""
     last = {}
     for path in sorted((SWEEPS / "claims").glob("*.yaml")):
         for s in in_order(path):
             assert s.name.endswith("_claims"), s.name
             last[s.name] = s
     assert {n.split("_")[0] for n in last} == {f"s{i}" for i in range(1, 8)}
-    single = {"s4_teacher_claims", "s5_finetune_claims"}
+    single = {"s4_teacher_claims", "s5_finetune_claims", "s5_pilot_claims"}
     assert all(len({p.cfg.seed for p in s.points}) >= 3 for n, s in last.items() if n not in single)
     assert len({p.cfg.model.init_from for p in last["s5_finetune_claims"].points}) == len(
         last["s5_pretrain_claims"].points)
