@@ -6,7 +6,8 @@ hooks it needs, each optional:
 - `schedule(base, group)`: the learning rate of one LR group over the iterations, given the schedule's
   (warmup; a heuristic naming `lr_groups` gets those layer groups their own param groups and LRs);
 - `frozen(it)`: the layer groups whose update is skipped at iteration `it` (freezing);
-- `loss(logits, x, y, loss)`: the training loss given the batch and the outputs (distillation);
+- `loss(logits, x, y, loss)`: the training loss given the batch and the outputs (distillation); a heuristic
+  with `indexed` set also gets `idx`, the batch's global train indices (for values cached per image);
 - `probe(model, x, y)`: once before the first step, values the run then uses and records, e.g. warmup's start
   (the catapult); a resumed run gets them back from its checkpoint instead (`values`).
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from harness.config import TrialConfig
+    from harness.data import Dataset
 
 LrFn = Callable[[int], float]
 
@@ -35,19 +37,22 @@ LrFn = Callable[[int], float]
 @dataclass
 class Context:
     """What a heuristic may look at when it is made: the trial's config, its model (the stacked engine passes one
-    member's skeleton), the steps per epoch and in all, the sweep folder (for references) and the device."""
+    member's skeleton), the steps per epoch and in all, the sweep folder (for references), the device and the
+    data set (on the device; the module engine's, None in the stacked engine)."""
     cfg: "TrialConfig"
     model: "nn.Module"
     spe: int
     total: int
     out: Path
     device: Any
+    data: Optional["Dataset"] = None
 
 
 class Heuristic:
     """Base class of every heuristic: each hook's default leaves training as it is."""
 
     probes: tuple[str, ...] = ()  # names of the values `probe` returns (recorded in status.json and checkpoints)
+    indexed = False  # True: `loss` also gets `idx`, the batch's global train indices
 
     def __init__(self, options: Any, ctx: Context):
         self.options, self.ctx = options, ctx
@@ -166,9 +171,10 @@ class Heuristics:
             for n in self.names(g):
                 params[n].grad = None
 
-    def loss(self, logits, x, y, loss):
+    def loss(self, logits, x, y, loss, idx):
+        """The members' loss hooks in turn; `idx` (the batch's global train indices) goes to the `indexed` ones."""
         for h in self.members:
-            loss = h.loss(logits, x, y, loss)
+            loss = h.loss(logits, x, y, loss, idx) if h.indexed else h.loss(logits, x, y, loss)
         return loss
 
     def start(self, ck: Optional[dict], probe_args: Optional[Callable[[], tuple]] = None) -> dict:

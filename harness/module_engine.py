@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness import checkpoints, data as data_mod, distributed, optim
+from harness import checkpoints, data as data_mod, distributed, optim, sync_bn
 from harness.config import TrialConfig
 from harness.errors import ConfigError
 from harness.heuristics import Context, Heuristics
@@ -59,13 +59,16 @@ class ModuleEngine:
         self.cfg, self.ds, self.spe, self.d, self.device = cfg, ds, spe, d, device
         if cfg.data.batch_size % d.world:
             raise ConfigError(f"data.batch_size = {cfg.data.batch_size}: must be divisible by the {d.world} DDP ranks")
-        model = build(model_spec(cfg, ds)).to(device)
+        model = build(model_spec(cfg, ds))
+        if cfg.model.bn == "sync":
+            sync_bn.synchronise(model)
+        model = model.to(device)
         if cfg.model.init_from:
             checkpoints.load_weights(model, checkpoints.load_ref(cfg.model.init_from, out, device)["model"],
                                      f"model.init_from {cfg.model.init_from}")
         if cfg.perf.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        hs = Heuristics(Context(cfg, model, spe, total, out, device))
+        hs = Heuristics(Context(cfg, model, spe, total, out, device, ds))
         named = dict(model.named_parameters())
         groups = hs.param_groups()
         self.model, self.hs, self.params = model, hs, named
@@ -102,11 +105,12 @@ class ModuleEngine:
     def forward_backward(self, step: int, it: int, alive: Tensor) -> tuple[Tensor, Tensor, int]:
         """This rank's share of step `step`'s batch: loss [1] and correct [1] (detached) and the count;
         gradients in .grad, frozen groups' dropped."""
-        x, y = data_mod.train_batch(self.ds, self.plan, step, self.d.rank, self.d.world)
+        idx, aug = data_mod.batch_indices(self.plan, step, self.d.rank, self.d.world)
+        x, y = data_mod.gather(self.ds, idx, aug)
         x = x.contiguous(memory_format=self.mem)
         with self.amp():
             logits = self.net(x)
-            loss = self.hs.loss(logits, x, y, F.cross_entropy(logits.float(), y))
+            loss = self.hs.loss(logits, x, y, F.cross_entropy(logits.float(), y), idx)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.hs.skip_frozen(it, self.params)
