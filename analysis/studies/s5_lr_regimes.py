@@ -146,22 +146,3 @@ def report_finetuned(r: Report, reg: pd.DataFrame, images: int, t_points: int) -
 
 
 
-
-def main(argv: list[str] | None = None) -> int:
-    """The regime of each (seed, PLR) of a pre-training sweep folder, and whether any reached regime 1 (the only
-    output of the S5 pilot, sweeps/claims/s5_pilot.yaml)."""
-    import argparse
-
-    from analysis.report import Report
-
-    p = argparse.ArgumentParser(prog="python -m analysis.studies.s5_lr_regimes", description=main.__doc__)
-    p.add_argument("run_dir", help="runs/<sweep> of a pre-training sweep")
-    df = regimes(Report(p.parse_args(argv).run_dir))
-    print(df[["seed", "plr", "state", "train_loss_start", "train_loss_end", "regime"]]
-          .to_markdown(index=False, floatfmt=".4g"))
-    print(f"regime 1 reached: {'yes' if (df.regime == '1').any() else 'no'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
