@@ -3,8 +3,10 @@
 SVCCA / linear CKA between two 512-unit layers over 10,000 inputs, in float32 and float64,
 each value and time compared with a float64 numpy reference written here. Then a loss-plane
 grid on real CIFAR-10 (BN recomputed at every point): seconds per point evaluating one model
-at a time vs a vmapped stack of models per pass, and the largest difference between the two.
-Usage: python bench/analysis_speed.py [--points 10000] [--units 512] [--repeats 3] [--grid 4]
+at a time vs a vmapped stack of models per pass, and the largest difference between the two. Then sharpness
+(top Hessian eigenvalue, Lanczos) of N checkpoints of one BN net on real CIFAR-10: seconds per checkpoint one
+at a time (autograd double backward) vs all N as one stack (torch.func), and the largest relative difference.
+Usage: python bench/analysis_speed.py [--points 10000] [--units 512] [--repeats 3] [--grid 4] [--ckpts 16]
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import numpy as np
 import torch
 
 from analysis.cca import linear_cka, svcca
-from analysis.evaluation import Batches, param_vector
+from analysis.evaluation import Batches, param_vector, update_bn
 from analysis.landscape import Plane, evaluate_plane
+from analysis.loading import build_model
+from analysis.sharpness import sharpness, top_eigenvalue
 from harness import data
 from harness.models import build
 
@@ -83,6 +87,45 @@ def plane_speed(device: torch.device, grid: int, stack: int) -> None:
               f"max |loss diff| vs 1 per pass {diff:.2e}")
 
 
+def sharpness_speed(device: torch.device, n_ckpts: int, images: int, iters: int, bn: str) -> None:
+    """`n_ckpts` ResNet-18 (width 1/8 on CUDA, 1/16 on CPU) checkpoints, each its own seed's initial weights."""
+    cuda = device.type == "cuda"
+    spec = {"name": "resnet18", "width": 0.125 if cuda else 0.0625, "num_classes": 10}
+    ds = data.load({"name": "parquet", "root": str(data.shared_cifar()), "train_subset": images, "test_subset": 1})
+    train = Batches(ds.train.images, ds.train.labels, 500, ds.normalize)
+    ckpts = {}
+    for seed in range(n_ckpts):
+        torch.manual_seed(seed)
+        ckpts[f"t{seed}/last"] = {"model": build(spec).state_dict(), "model_spec": spec}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def one_at_a_time() -> list[float]:
+        values = []
+        for ckpt_id, ckpt in ckpts.items():
+            model = build_model(ckpt, ckpt_id, device)
+            if bn == "running":
+                update_bn(model, train)
+            values.append(top_eigenvalue(model, train, iters=iters, bn=bn))
+        return values
+
+    print(f"sharpness: {n_ckpts} checkpoints, ResNet-18 width {spec['width']}, {images} images, bn {bn}, "
+          f"Lanczos <= {iters} steps")
+    def stack() -> list[float]:
+        return sharpness(ckpts, train, iters=iters, device=device, bn=bn, stack=n_ckpts).top_eigenvalue.tolist()
+
+    seconds, values = {}, {}
+    for name, fn in (("1 checkpoint per pass", one_at_a_time), (f"{n_ckpts} per pass (stack)", stack)):
+        sync()
+        start = time.perf_counter()  # one run each: a warm-up would double the bench's longest part
+        values[name] = fn()
+        sync()
+        seconds[name] = time.perf_counter() - start
+        ref, first = values[next(iter(values))], seconds[next(iter(seconds))]
+        diff = max(abs(a - b) / abs(b) for a, b in zip(values[name], ref))
+        print(f"{'sharpness':10} {name:22} {seconds[name] / n_ckpts:10.4f} s/checkpoint "
+              f"{first / seconds[name]:6.2f}x, max relative eigenvalue diff vs 1 per pass {diff:.2e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=10_000)
@@ -90,6 +133,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--grid", type=int, default=4, help="plane grid points per axis (0 = skip the plane)")
     ap.add_argument("--stack", type=int, default=8, help="models per pass in the stacked plane evaluation")
+    ap.add_argument("--ckpts", type=int, default=16, help="checkpoints in the sharpness comparison (0 = skip it)")
+    ap.add_argument("--images", type=int, default=100, help="training images in the sharpness loss")
+    ap.add_argument("--iters", type=int, default=20, help="Lanczos steps at most per checkpoint")
+    ap.add_argument("--bn", default="batch", choices=["running", "batch"], help="BN mode of the sharpness loss")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -107,6 +154,8 @@ def main() -> None:
             print(f"{name:8} {backend:22} {value:10.6f} {seconds:9.3f} {abs(value - expected):11.2e}")
     if args.grid:
         plane_speed(device, args.grid, args.stack)
+    if args.ckpts:
+        sharpness_speed(device, args.ckpts, args.images, args.iters, args.bn)
 
 
 if __name__ == "__main__":

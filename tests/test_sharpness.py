@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from analysis.evaluation import Batches, param_vector, unflatten
-from analysis.sharpness import hessian_vector_product, hutchinson_trace, sharpness, top_eigenvalue
+from analysis.evaluation import Batches, param_vector, unflatten, update_bn
+from analysis.sharpness import _lanczos, _power, hessian_vector_product, hutchinson_trace, sharpness, top_eigenvalue
+from harness.models import build
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,9 +143,6 @@ def test_model_left_as_found():
 
 def test_sharpness_per_checkpoint_after_bn_recomputation():
     """One row per checkpoint: its epoch and iteration, and the eigenvalue of its model with BN recomputed."""
-    from analysis.evaluation import update_bn
-    from harness.models import build
-
     spec = {"name": "vgg11", "bn": True, "width": 0.125, "num_classes": 4}
     torch.manual_seed(0)
     ckpts = {f"t/iter={i:06d}": {"model": build(spec).state_dict(), "model_spec": spec, "iteration": i} for i in (0, 5)}
@@ -157,4 +155,95 @@ def test_sharpness_per_checkpoint_after_bn_recomputation():
     model.load_state_dict(ckpts["t/iter=000005"]["model"])
     update_bn(model, train)
     assert df.top_eigenvalue.iloc[1] == pytest.approx(top_eigenvalue(model, train, iters=3), rel=1e-6)
-    assert df.trace.iloc[1] == pytest.approx(hutchinson_trace(model, train, 2)[0], rel=1e-6)
+    # float32 products in another kernel order (the stack's grouped convolutions), summed with cancellation
+    assert df.trace.iloc[1] == pytest.approx(hutchinson_trace(model, train, 2)[0], rel=1e-5)
+
+
+def symmetric_stack():
+    """Four 40 x 40 symmetric matrices whose Lanczos runs stop at different steps: gaps small to large, and one of
+    rank 3 (its Krylov space is exhausted after 4 steps)."""
+    g = torch.Generator().manual_seed(4)
+    mats = []
+    for top in ([5.0, 4.9], [5.0, 3.0], [9.0, 1.0], [7.0, 2.0, 1.0]):
+        q = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))[0]
+        rest = torch.rand(40 - len(top), generator=g, dtype=torch.float64) * 2 - 1 if len(top) == 2 else \
+            torch.zeros(40 - len(top), dtype=torch.float64)
+        mats.append(q @ torch.diag(torch.cat([torch.tensor(top, dtype=torch.float64), rest])) @ q.T)
+    return torch.stack(mats)
+
+
+def counting(mats):
+    """A stacked hvp of explicit matrices, and the products each matrix was asked for."""
+    calls = torch.zeros(len(mats), dtype=torch.long)
+
+    def hvp(idx, v):
+        calls[idx] += 1
+        return (mats[idx] @ v[:, :, None])[:, :, 0]
+
+    return hvp, calls
+
+
+@pytest.mark.parametrize("core", [_lanczos, _power])
+def test_lockstep_iteration_is_each_matrix_on_its_own(core):
+    """In lockstep each matrix gets eigvalsh's top eigenvalue, after as many products as when run alone."""
+    mats = symmetric_stack()
+    v = torch.randn(40, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    v = (v / v.norm()).expand(len(mats), 40)
+    iters, tol = (40, 1e-10) if core is _lanczos else (2000, 1e-12)
+    hvp, calls = counting(mats)
+    got = core(hvp, v, iters, tol)
+    assert got == pytest.approx(torch.linalg.eigvalsh(mats)[:, -1].tolist(), rel=1e-8)
+    for i in range(len(mats)):
+        alone, calls_alone = counting(mats[i : i + 1])
+        assert core(alone, v[i : i + 1], iters, tol) == pytest.approx([got[i]], rel=1e-12)
+        assert calls_alone[0] == calls[i]
+    assert len(set(calls.tolist())) == len(mats)  # all stopped at different steps
+    if core is _lanczos:
+        assert calls[3] == 4  # rank 3: exhausted
+
+
+def checkpoints(specs):
+    """Checkpoint dicts of freshly initialised models (a seed each), keyed like the harness's ids."""
+    out = {}
+    for i, spec in enumerate(specs):
+        torch.manual_seed(i)
+        out[f"t{i}/iter={i:06d}"] = {"model": build(spec).state_dict(), "model_spec": spec, "iteration": i}
+    return out
+
+
+def one_at_a_time(ckpts, train, bn, iters):
+    """The per-checkpoint reference: each model on its own, BN recomputed first in running mode."""
+    values = []
+    for ckpt in ckpts.values():
+        model = build(ckpt["model_spec"])
+        model.load_state_dict(ckpt["model"])
+        if bn == "running":
+            update_bn(model, train)
+        values.append(top_eigenvalue(model, train, iters=iters, bn=bn))
+    return values
+
+
+VGG = {"name": "vgg11", "bn": True, "width": 0.125, "num_classes": 4}
+SI_RESNET = {"name": "si_resnet18", "width": 0.0625, "num_classes": 4}  # BN without affine, a frozen last layer
+
+
+def cifar_like(n=16, batch=8):
+    g = torch.Generator().manual_seed(1)
+    return Batches(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                   torch.randint(0, 4, (n,), generator=g), batch, lambda u: u.float() / 255)
+
+
+@pytest.mark.parametrize("bn", ["running", "batch"])
+def test_stacked_sharpness_agrees_with_top_eigenvalue(bn):
+    """Three checkpoints of a BN net as one stack: each value is `top_eigenvalue` of its own model."""
+    ckpts, train = checkpoints([VGG] * 3), cifar_like()
+    df = sharpness(ckpts, train, iters=15, bn=bn)
+    assert df.top_eigenvalue.tolist() == pytest.approx(one_at_a_time(ckpts, train, bn, 15), rel=1e-6)
+
+
+def test_stacked_sharpness_groups_architectures_and_keeps_order():
+    """Interleaved architectures, two models per pass: rows in the order given, each its own model's value."""
+    ckpts, train = checkpoints([VGG, SI_RESNET, VGG, VGG, SI_RESNET]), cifar_like()
+    df = sharpness(ckpts, train, iters=6, bn="batch", stack=2)
+    assert df.ckpt.tolist() == list(ckpts) and df.iteration.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert df.top_eigenvalue.tolist() == pytest.approx(one_at_a_time(ckpts, train, "batch", 6), rel=1e-6)
