@@ -253,7 +253,7 @@ SIZES = {"images": dict(help="train/test images per evaluation (curves, planes, 
                               "length)"),
          "iters": dict(help="Lanczos iterations at most (it stops earlier once converged)"),
          "bn": dict(type=str, choices=("running", "batch"), help="BN in the sharpness Hessian: running (eval-mode "
-                    "statistics) or batch (each batch's own, as in the loss SGD follows)")}  # argparse keywords
+                    "statistics) or batch (each batch's own, as in the loss SGD follows)")}  # add_argument keywords
 
 
 def study_of(r: Report, study: str | None = None) -> tuple[str, "Study"]:

@@ -29,7 +29,7 @@ def test_trial_writes_metrics_checkpoints_status_and_config(trial_dict, tmp_path
     with caplog.at_level("INFO", logger="heurbench.train"):
         assert run_trial(cfg, tmp_path / "run") == "done"
     df = pd.read_parquet(tmp_path / "run" / "metrics")
-    expected_cols = {"sweep", "trial_id", "lr", "variant", "seed", "world_size", "kind", "split", "epoch",
+    expected_cols = {"sweep", "trial_id", "lr", "variant", "seed", "world_size", "bn_batch", "kind", "split", "epoch",
                      "iteration", "loss", "accuracy", "grad_norm", "weight_norm", "wall_time", "images_per_s"}
     assert expected_cols <= set(df.columns)
     assert (df.sweep == "run").all() and (df.variant == "sb").all()
