@@ -44,6 +44,13 @@ def per_trial(metrics: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     return out.reset_index()
 
 
+def final_test_accuracy(metrics: pd.DataFrame) -> pd.Series:
+    """Each trial's last test accuracy, indexed by trial_id (empty when no trial evaluated on test)."""
+    if not (metrics.split == "test").any():
+        return pd.Series(dtype=float)
+    return per_trial(metrics, "test").set_index("trial_id").final_accuracy
+
+
 def over_seeds(trials: pd.DataFrame, by: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
     """Per combination of the `by` columns: trials (how many rows, i.e. seeds) and, for each of `values`, the
     mean over its finite values and their 95% t interval (<value>_mean, _lo, _hi)."""

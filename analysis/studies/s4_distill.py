@@ -96,8 +96,7 @@ class Distill(Study):
         """The teacher's accuracy on the students' test split next to the hard-label students' final test accuracy,
         in the report; {claim id: why} for the claims TEACHER_MARGIN refuses."""
         hard = finished[finished["tags.student"] == "hard_labels"]
-        test = benchmark.per_trial(r.metrics, "test").set_index("trial_id").final_accuracy if (
-            r.metrics.split == "test").any() else pd.Series(dtype=float)
+        test = benchmark.final_test_accuracy(r.metrics)
         if hard.empty or test.empty:
             return {"distill_beats_hard_labels": "not judged: no finished hard-label student with a test accuracy "
                                                  "to compare the teacher with (TEACHER_MARGIN)"}

@@ -97,21 +97,20 @@ class WarmupStability(Study):
         i.e. not `unstable`: a net stuck at chance is not stable); sharpness (top Hessian eigenvalue with BN as
         `bn` says, Lanczos to its default tolerance, at most `iters` steps) at the checkpoints through warmup;
         all per seed; returns the per-seed frame of the claims."""
-        test = benchmark.per_trial(r.metrics, "test").set_index("trial_id").final_accuracy if (
-            r.metrics.split == "test").any() else pd.Series(dtype=float)
+        test = benchmark.final_test_accuracy(r.metrics)
         m = r.metrics[r.metrics.split == "train"].sort_values("iteration")
         rows = []
         for _, p in r.points.iterrows():
             part = m[m.trial_id == p.trial_id]
             state = r.status(p.trial_id)
-            rows.append({"trial_id": p.trial_id, "optimizer": p.get("optim.name", r.config(p.trial_id)["optim"]["name"]),
-                         "seed": p.seed, "eta_trgt": p["optim.lr"], "warmup": p["warmup.length"],
-                         "start": "catapult" if p.get("warmup.eta_init") == "catapult" else "0",
-                         "eta_init": float(state.get("eta_init", 0.0)), "state": state.get("state", "pending"),
-                         "loss_start": part.loss.iloc[0], "loss_end": part.loss.iloc[-1],
-                         "final_accuracy": test.get(p.trial_id, float("nan")),
-                         "stable": is_stable(state.get("state", "pending"), part.loss.iloc[0], part.loss.iloc[-1],
-                                             test.get(p.trial_id, float("nan")))})
+            row = {"trial_id": p.trial_id, "optimizer": p.get("optim.name", r.config(p.trial_id)["optim"]["name"]),
+                   "seed": p.seed, "eta_trgt": p["optim.lr"], "warmup": p["warmup.length"],
+                   "start": "catapult" if p.get("warmup.eta_init") == "catapult" else "0",
+                   "eta_init": float(state.get("eta_init", 0.0)), "state": state.get("state", "pending"),
+                   "loss_start": part.loss.iloc[0], "loss_end": part.loss.iloc[-1],
+                   "final_accuracy": test.get(p.trial_id, float("nan"))}
+            rows.append({**row, "stable": is_stable(row["state"], row["loss_start"], row["loss_end"],
+                                                    row["final_accuracy"])})
         grid = r.table("stability", pd.DataFrame(rows))
         keys = ["optimizer", "start", "warmup"]
         best = r.table("largest_stable", grid[grid.stable].groupby([*keys, "seed"]).eta_trgt.max().reset_index())
