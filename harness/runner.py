@@ -7,6 +7,8 @@ config YAML is CFG, its sweep folder OUT.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,15 +29,25 @@ def log_to_stderr(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
 
 
-def parent_death_signal():
-    """A Popen preexec_fn (Linux): SIGTERM the child when its parent dies, so no DDP rank outlives a killed trial."""
+def parent_death_signal(sig: int = signal.SIGTERM):
+    """A Popen preexec_fn (Linux; None elsewhere): `sig` to the child when its parent dies, so that torchrun's
+    agent does not outlive a killed trial."""
     if sys.platform != "linux":
         return None
     import ctypes
-    import signal
 
     prctl = ctypes.CDLL(None).prctl  # looked up before the fork: the child only makes the call
-    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    return lambda: prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
+
+
+def die_with_launcher() -> None:
+    """A DDP rank: SIGKILL when its launcher (torchrun's agent, srun's step) dies, so that a rank stuck in a
+    collective or a kernel never outlives its trial (files are written atomically; a kill loses no record)."""
+    parent, arm = os.getppid(), parent_death_signal(signal.SIGKILL)
+    if arm is not None:
+        arm()
+        if os.getppid() != parent:  # the launcher died before the signal was armed
+            os._exit(1)
 
 
 def run_point(cfg: TrialConfig, out: Path, workers: int = 1) -> str:
@@ -107,6 +119,7 @@ def main(argv: list[str]) -> None:
     from harness.train import run_trial
 
     cfg_path, out = argv
+    die_with_launcher()
     log_to_stderr(logging.WARNING)
     run_trial(load_trial(cfg_path), Path(out), resume=True)
 

@@ -6,6 +6,8 @@ The two runs differ only in float32 summation order (gradients all-reduced as a 
 means), measured at <= ~2e-7; chaotic growth makes the gap reach 1e-4 after ~24 steps at this LR.
 """
 import copy
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,3 +92,41 @@ def test_synchronised_bn_two_ranks_match_one_process_and_per_rank_bn_does_not(tr
 def test_bn_batch_is_nan_for_a_model_without_bn(cfg, tmp_path):
     assert run_trial(cfg, tmp_path) == "done"
     assert metrics(tmp_path).bn_batch.isna().all()
+
+
+@pytest.mark.slow
+def test_ranks_die_with_a_killed_torchrun_agent(trial_dict, tmp_path):
+    """SIGKILL to torchrun's agent mid-trial (as when Ray ends a dead driver's trial actor and its children):
+    both ranks end within seconds instead of training on, or spinning, as orphans."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from harness.config import dump
+
+    def running(pid):  # (an orphan is reaped by init; a zombie has ended)
+        stat = Path(f"/proc/{pid}/stat")
+        return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+    trial_dict.update(budget={"iterations": 100000})
+    (tmp_path / "t.yaml").write_text(dump(parse_trial(trial_dict)))
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                              "-m", "harness.runner", str(tmp_path / "t.yaml"), str(tmp_path / "out")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp_path / "out" / "metrics").glob("*/part-*")):
+            time.sleep(0.5)  # both ranks are past set-up and training (rank 0 has written rows)
+        ranks = [int(c) for c in Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()]
+        assert len(ranks) == 2, ranks
+    finally:
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(map(running, ranks)):
+        time.sleep(0.2)
+    alive = [pid for pid in ranks if running(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"{len(alive)} rank(s) outlived their agent"

@@ -12,10 +12,12 @@ from heurbench import Options, register
 
 
 class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map, at each position."""
+    """LayerNorm over the channels of an NCHW map, at each position; its output contiguous NCHW again (a
+    channels-last view here sends a 1x1 stride-2 convolution with under 8 input channels, on one CPU thread as
+    in each torchrun rank, into a oneDNN backward that corrupts the heap in torch 2.14.1, and the rank hangs)."""
 
     def forward(self, x):
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
 
 class WideBlock(nn.Module):
