@@ -5,6 +5,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.claims import DIFFERENCE, Claim, RateClaim, above, within
+from analysis.progress import Progress
 from analysis.report import Report, accuracy_curves, outcomes, over_seeds, similarity
 from analysis.study import Study
 from harness.layout import checkpoint_name
@@ -59,11 +60,13 @@ class Warmup(Study):
         r.say("## Test accuracy over seeds (mean, 95% t interval)", "", stats.to_markdown(index=False, floatfmt=".4f"),
               "", "Per trial:", "", acc.to_markdown(index=False, floatfmt=".4f"), "")
         diagonals, first_seed = [], r.points.seed.min()
+        progress = Progress(len(r.points), "SVCCA: trials", every_s=30.0)
         for _, p in r.points.iterrows():
             tid, run = p.trial_id, p["tags.run"]
             iters = r.iter_ckpts(tid)
             if len(iters) < 2 or iters[0] != 0:
                 r.say(f"- {run}, seed {p.seed}: no pair of checkpoints for CCA ({r.state(tid)}; iterations {iters})")
+                progress.step()
                 continue
             w, end, first = iters[1], iters[-1], p.seed == first_seed
             pairs = [(0, w)] + ([(w, end)] if first and run == "lb_warmup" and end > w else [])
@@ -75,6 +78,7 @@ class Warmup(Study):
                                              f"SVCCA {run} (seed {p.seed}): iter {i} vs iter {j}", f"iter {j}", f"iter {i}")
                 diag = rows[rows.index_a == rows.index_b].drop(columns=["layer_b", "index_b"])
                 diagonals.append(diag.assign(run=run, seed=p.seed, pair=f"iter{i}-iter{j}"))
+            progress.step()
         frame = outcomes(acc, "tags.run", CHANCE)
         if diagonals:
             diag = r.table("cca_diagonal", pd.concat(diagonals, ignore_index=True))
