@@ -8,6 +8,8 @@ an accuracy's clipped to [0, 1]).
 """
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import pandas as pd
@@ -53,12 +55,14 @@ def final_test_accuracy(metrics: pd.DataFrame) -> pd.Series:
 
 def over_seeds(trials: pd.DataFrame, by: Sequence[str], values: Sequence[str]) -> pd.DataFrame:
     """Per combination of the `by` columns: trials (how many rows, i.e. seeds) and, for each of `values`, the
-    mean over its finite values and their 95% t interval (<value>_mean, _lo, _hi)."""
+    mean over its finite values and their 95% t interval (<value>_mean, _lo, _hi), clipped to what the value can
+    be (an accuracy in [0, 1], a time at or above 0)."""
     rows = []
     for key, part in trials.groupby(list(by), sort=True, dropna=False) if by else [((), trials)]:
         row = {**dict(zip(by, key)), "trials": len(part)}
         for v in values:
-            stats = interval(part[v], bounds=(0.0, 1.0) if v.endswith("accuracy") else None)
+            bounds = (0.0, 1.0) if v.endswith("accuracy") else (0.0, math.inf) if v in TIMES else None
+            stats = interval(part[v], bounds=bounds)
             row.update({f"{v}_mean": stats["mean"], f"{v}_lo": stats["lo"], f"{v}_hi": stats["hi"]})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -43,13 +43,13 @@ def curves_of(m):
     return {t: sorted(v, key=lambda r: r["iteration"]) for t, v in out.items()}
 
 
-def ref_interval(xs):
+def ref_interval(xs, floor=-math.inf):
     xs = [x for x in xs if not math.isnan(x)]
     mean = sum(xs) / len(xs) if xs else math.nan
     if len(xs) < 2:
         return mean, math.nan, math.nan
     half = T975[len(xs) - 1] * statistics.stdev(xs) / math.sqrt(len(xs))
-    return mean, mean - half, mean + half
+    return mean, max(mean - half, floor), mean + half
 
 
 def test_per_trial_final_and_best():
@@ -86,9 +86,21 @@ def test_time_to_target_over_seeds():
             g = got.loc[(meth, lr)]
             assert g.trials == len(SEEDS) and g.reached == sum(f is not None for f in firsts)
             for k in ("iteration", "wall_time"):
-                mean, lo, hi = ref_interval([math.nan if f is None else f[k] for f in firsts])
+                mean, lo, hi = ref_interval([math.nan if f is None else f[k] for f in firsts], floor=0.0)
                 np.testing.assert_allclose([g[f"{k}_mean"], g[f"{k}_lo"], g[f"{k}_hi"]], [mean, lo, hi],
                                            rtol=1e-8, atol=1e-9, equal_nan=True)
+
+
+def test_a_time_interval_stops_at_zero():
+    """Two seeds reaching the target at iterations 10 and 60: the t interval 35 +- 317.6 is [0, 352.6]."""
+    rows = [{"sweep": "x", "trial_id": f"t{s}", "seed": s, "world_size": 1,
+             **row("eval", "test", epoch=it / 10, iteration=it, lr=0.1, loss=1.0, weight_norm=1.0,
+                   wall_time=float(it), images_per_s=1.0, accuracy=acc)}
+            for s, first in ((0, 10), (1, 60)) for it, acc in ((10, 0.9 if first == 10 else 0.1), (60, 0.9))]
+    got = time_to_target(pd.DataFrame(rows), 0.5, by=[]).iloc[0]
+    half = T975[1] * statistics.stdev([10, 60]) / math.sqrt(2)
+    assert got.iteration_mean == 35 and got.iteration_lo == 0.0 and got.iteration_hi == pytest.approx(35 + half)
+    assert 35 - half < 0 and got.wall_time_lo == 0.0
 
 
 def test_sensitivity_is_mean_and_t_interval_over_seeds():
