@@ -115,8 +115,10 @@ class Report:
 
     def finish(self) -> Path:
         if missing := self.missing_checkpoints():
-            line = (f"{len(missing)} checkpoints the trials declared and passed are not on disk, so the analyses that "
-                    f"need them skipped them or took another: {', '.join(missing[:6])}"
+            n = len(missing)
+            line = (f"{n} checkpoint{'s' if n > 1 else ''} the trials declared and passed {'are' if n > 1 else 'is'} "
+                    f"not on disk, so the analyses that need {'them' if n > 1 else 'it'} skipped "
+                    f"{'them' if n > 1 else 'it'} or took another: {', '.join(missing[:6])}"
                     f"{' ...' if len(missing) > 6 else ''}")
             log.warning("%s: %s", self.name, line)
             self.say("", f"**Missing checkpoints.** {line}.")

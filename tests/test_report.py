@@ -121,4 +121,5 @@ def test_a_declared_checkpoint_that_is_gone_is_named(tmp_path, caplog):
     r = Report(run.path)
     assert r.missing_checkpoints() == ["t0/ckpt/iter=000008.pt"]
     r.finish()
+    assert "1 checkpoint the trials declared and passed is not on disk" in caplog.text
     assert "t0/ckpt/iter=000008.pt" in caplog.text and "t0/ckpt/iter=000008.pt" in run.report_md.read_text()
