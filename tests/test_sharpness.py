@@ -7,7 +7,8 @@ from torch import nn
 from torch.func import functional_call
 
 from analysis.evaluation import Batches, param_vector, unflatten, update_bn
-from analysis.sharpness import _lanczos, _power, hessian_vector_product, hutchinson_trace, sharpness, top_eigenvalue
+from analysis.sharpness import _lanczos, _power, hessian_vector_product, hutchinson_trace, models_per_pass, sharpness,
+                                top_eigenvalue
 from harness.models import build
 
 
@@ -247,3 +248,9 @@ def test_stacked_sharpness_groups_architectures_and_keeps_order():
     df = sharpness(ckpts, train, iters=6, bn="batch", stack=2)
     assert df.ckpt.tolist() == list(ckpts) and df.iteration.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert df.top_eigenvalue.tolist() == pytest.approx(one_at_a_time(ckpts, train, "batch", 6), rel=1e-6)
+
+
+def test_a_cpu_takes_one_checkpoint_per_pass():
+    """The stack pays on a GPU only: on 2 CPU cores a stack of 16 S6 checkpoints took ~15 s each, one alone 8.5 s."""
+    ckpt = {"model": {"w": torch.zeros(10)}}
+    assert models_per_pass(ckpt, 100, torch.device("cpu")) == 1
