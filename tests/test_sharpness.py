@@ -7,8 +7,8 @@ from torch import nn
 from torch.func import functional_call
 
 from analysis.evaluation import Batches, param_vector, unflatten, update_bn
-from analysis.sharpness import _lanczos, _power, hessian_vector_product, hutchinson_trace, models_per_pass, sharpness,
-                                top_eigenvalue
+from analysis.sharpness import (_lanczos, _power, hessian_vector_product, hutchinson_trace, models_per_pass, sharpness,
+                                top_eigenvalue)
 from harness.models import build
 
 
