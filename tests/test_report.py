@@ -35,8 +35,8 @@ CASES = {
     "s5_finetune_reduced": (["test_accuracy", "accuracy_plr_flr", "swa_vs_plr", "geometry", "frequency"],
                             ["regimes", "swa", "geometry", "frequency"],
                             lambda t: fmt(t["geometry"].angle_deg, ".3f") + list(t["regimes"].regime)),
-    "s6_reduced": (["largest_stable_lr", "sharpness"], ["stability", "largest_stable", "sharpness"],
-                   lambda t: fmt(t["largest_stable"].eta_trgt, ".4g") + fmt(t["stability"].eta_init, ".4g")),
+    "s6_reduced": (["largest_stable_lr", "sharpness"], ["stability", "sharpness"],
+                   lambda t: fmt(t["stability"].eta_init, ".4g")),
     "s7_reduced": (["test_accuracy", "final_accuracy", "sgdr_swa"], ["accuracy_by_schedule", "sgdr_swa"],
                    lambda t: fmt(t["accuracy_by_schedule"].final_mean) + fmt(t["sgdr_swa"].swa_accuracy)),
 }
@@ -75,6 +75,21 @@ def test_reduced_study_runs_and_reports(name, tmp_path, monkeypatch, ray_address
     read = {t: pd.read_parquet(run / "analysis" / "report" / f"{t}.parquet") for t in tables}
     assert all(len(df) for df in read.values())
     assert [n for n in numbers(read) if n not in summary] == []
+    if name == "s6_reduced":
+        largest_stable_matches_stability(run / "analysis" / "report", summary)
+
+
+def largest_stable_matches_stability(tables: Path, summary: str) -> None:
+    """S6's largest stable eta_trgt per (optimizer, start, warmup, seed), recomputed from its stability rows. Under
+    the round-2 rule (stable needs test accuracy above chance + 0.1) the reduced sweep's 30 iterations may leave
+    every trial below it (8-18% on 2026-12-07), so the table may be empty; it must still agree with the rows."""
+    stability, largest = (pd.read_parquet(tables / f"{t}.parquet") for t in ("stability", "largest_stable"))
+    keys = ["optimizer", "start", "warmup", "seed"]
+    expected = stability[stability.stable].groupby(keys).eta_trgt.max()
+    got = largest.set_index(keys).eta_trgt if len(largest) else expected.iloc[:0]
+    assert sorted(map(tuple, got.reset_index().astype(str).values)) == \
+        sorted(map(tuple, expected.reset_index().astype(str).values))
+    assert [n for n in fmt(largest.eta_trgt, ".4g") if n not in summary] == []
 
 
 def test_every_reduced_study_is_run_end_to_end_above():
