@@ -95,7 +95,9 @@ def within(margin: float) -> Rule:
     return Rule("within", margin)
 
 
-ACCURACY, DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)  # the ranges of an accuracy and of a difference of two
+# the range of an accuracy (and of an error barrier: a path's error above its worse end), and of a difference
+# of two accuracies
+ACCURACY, DIFFERENCE = (0.0, 1.0), (-1.0, 1.0)
 
 
 @dataclass(frozen=True)

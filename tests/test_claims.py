@@ -1,5 +1,6 @@
 """analysis.claims: t intervals against published t-table values, the interval against its formula, the verdict rules
 on constructed per-seed data, pairing by seed; the seed aggregation of tables (over_seeds) and curve figures."""
+import importlib
 import math
 
 import numpy as np
@@ -194,3 +195,33 @@ def test_s4_teacher_rule_needs_the_declared_margin():
     assert teacher_rule(0.60 + TEACHER_MARGIN, 0.60) is None
     why = teacher_rule(0.489, 0.522)
     assert why.startswith("not judged: the teacher's test accuracy 0.4890 is not 0.05 above") and "\n" not in why
+
+
+def test_s1s_error_barrier_interval_stays_at_or_above_zero():
+    """S1 round 2's G-A barriers per seed (0, 0.052, 0.018): the unclipped t interval starts at -0.042, below any
+    barrier; the claim's starts at 0, its upper end and verdict unchanged."""
+    from analysis.studies.s1_connectivity import CLAIMS
+    claim = next(c for c in CLAIMS if c.id == "connected_G-A")
+    row = claims.judge(claim, pd.DataFrame({"G-A": [0.0, 0.052, 0.018]}, index=pd.Index([0, 1, 2], name="seed")))
+    x = np.array([0.0, 0.052, 0.018])
+    half = 4.303 * x.std(ddof=1) / math.sqrt(3)
+    assert x.mean() - half < 0 and row["ci_lo"] == 0 and row["ci_hi"] == pytest.approx(x.mean() + half, abs=1e-5)
+    assert row["method"] == "t 95%, clipped to [0, 1]" and row["verdict"] == "inconclusive"
+
+
+ACCURACY_DIFFERENCES = {
+    "s2_sgdr": ["bend_generalizes_worse"], "s4_distill": ["distill_beats_hard_labels", "difference_in_fc_stack"],
+    "s5_lr_regimes": ["2A_beats_1_finetuned", "2A_beats_2B_finetuned", "2A_beats_3_finetuned", "2A_beats_1_swa"],
+    "s7_cosine_budget": ["cosine_beats_step", "linear_beats_step", "decay_not_restarts", "swa_on_sgdr"]}
+
+
+@pytest.mark.parametrize("study,claim_id", [(s, c) for s, ids in ACCURACY_DIFFERENCES.items() for c in ids])
+def test_a_difference_of_accuracies_keeps_its_interval_inside_minus_one_one(study, claim_id):
+    """Per-seed differences 1, -0.9, 0.95: their t interval reaches far beyond [-1, 1]; each study's claim on a
+    difference of two accuracies (or errors, or SVCCA values) keeps it inside."""
+    claim = next(c for c in importlib.import_module(f"analysis.studies.{study}").CLAIMS if c.id == claim_id)
+    pairs = ([1.0, 0.1, 1.0], [0.0, 1.0, 0.05])
+    values = dict(zip(claim.columns, pairs if len(claim.columns) == 2 else ([1.0, -0.9, 0.95],)))
+    f = pd.DataFrame(values, index=pd.Index([0, 1, 2], name="seed"))
+    row = claims.judge(claim, f)
+    assert (row["ci_lo"], row["ci_hi"]) == (-1, 1) and row["method"] == "t 95%, clipped to [-1, 1]"

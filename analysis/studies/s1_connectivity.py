@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.claims import Claim, below
+from analysis.claims import ACCURACY, Claim, below
 from analysis.report import Report, accuracy_curves, connect, over_seeds
 from analysis.study import Study
 from harness.errors import ConfigError
@@ -15,7 +15,7 @@ CLAIMS = [Claim("s1", f"connected_G-{m}", f"In a few epochs of curve training, a
                 f"({what}) is found along which every point generalizes almost as well as the two ends (sec. "
                 "2.1.1, Fig. 1). Margin: 2 points of test error.",
                 f"test error barrier on the G-{m} curve at the last curve epoch (max along t above the worse end)",
-                (f"G-{m}",), below(0.02)) for m, what in VARIANTS.items()]
+                (f"G-{m}",), below(0.02), bounds=ACCURACY) for m, what in VARIANTS.items()]
 
 
 @register.study("s1")

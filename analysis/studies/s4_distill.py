@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import benchmark, plots
-from analysis.claims import REFUSED, Claim, above
+from analysis.claims import DIFFERENCE, REFUSED, Claim, above
 from analysis.evaluation import evaluate
 from analysis.report import Report, accuracy_curves, over_seeds, per_seed, similarity
 from analysis.study import Study
@@ -15,12 +15,13 @@ from harness.registry import register
 CLAIMS = [
     Claim("s4", "distill_beats_hard_labels", "Distillation helps the student: over 5 runs, best validation accuracy "
           "85.18% distilled vs 83.01% on hard labels (sec. 5).",
-          "best validation accuracy, distilled minus hard-label student", ("distilled", "hard_labels"), above(0.0)),
+          "best validation accuracy, distilled minus hard-label student", ("distilled", "hard_labels"), above(0.0),
+          bounds=DIFFERENCE),
     Claim("s4", "difference_in_fc_stack", "The difference distillation makes is restricted to the deeper layers (fc "
           "stack): |SVCCA(S_distilled, T) - SVCCA(S_indep, T)| is small for the shallow student layers relative to "
           "the deeper ones (Fig. 6).",
           "|SVCCA distilled - SVCCA hard labels| against every teacher layer: mean over the student's FC layers "
-          "minus mean over its conv layers", ("fc_diff", "conv_diff"), above(0.0)),
+          "minus mean over its conv layers", ("fc_diff", "conv_diff"), above(0.0), bounds=DIFFERENCE),
 ]
 
 TEACHER_MARGIN = 0.05  # declared before the second round: distill_beats_hard_labels is judged only when the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import plots
-from analysis.claims import Claim, above
+from analysis.claims import DIFFERENCE, Claim, above
 from analysis.frequency import frequency
 from analysis.geometry import geometry, segments
 from analysis.report import Report, accuracy_curves, swa_accuracy
@@ -17,16 +17,16 @@ CLAIMS = [
     Claim("s5", "2A_beats_1_finetuned", "Only a narrow range of initial LRs slightly above the convergence threshold "
           "(regime 2A) leads to optimal results after fine-tuning with a small LR (abstract): better than "
           "converging LRs (regime 1).", "best fine-tuned test accuracy over (PLR in 2A, FLR) minus over (PLR in 1, "
-          "FLR), per pre-training seed", ("finetuned_2A", "finetuned_1"), above(0.0)),
+          "FLR), per pre-training seed", ("finetuned_2A", "finetuned_1"), above(0.0), bounds=DIFFERENCE),
     Claim("s5", "2A_beats_2B_finetuned", "... and better than higher LRs of the chaotic regime (2B) (abstract).",
           "best fine-tuned test accuracy, 2A minus 2B, per pre-training seed", ("finetuned_2A", "finetuned_2B"),
-          above(0.0)),
+          above(0.0), bounds=DIFFERENCE),
     Claim("s5", "2A_beats_3_finetuned", "Too large initial LRs (divergence, regime 3) fail to find a basin with good "
           "solutions (abstract).", "best fine-tuned test accuracy, 2A minus 3, per pre-training seed",
-          ("finetuned_2A", "finetuned_3"), above(0.0)),
+          ("finetuned_2A", "finetuned_3"), above(0.0), bounds=DIFFERENCE),
     Claim("s5", "2A_beats_1_swa", "The same holds for weight averaging (abstract: 'after fine-tuning with a small LR "
           "or weight averaging').", "best SWA test accuracy over PLRs in 2A minus over PLRs in 1, per seed",
-          ("swa_2A", "swa_1"), above(0.0)),
+          ("swa_2A", "swa_1"), above(0.0), bounds=DIFFERENCE),
 ]
 
 
