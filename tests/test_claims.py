@@ -204,7 +204,7 @@ def test_s1s_error_barrier_interval_stays_at_or_above_zero():
     claim = next(c for c in CLAIMS if c.id == "connected_G-A")
     row = claims.judge(claim, pd.DataFrame({"G-A": [0.0, 0.052, 0.018]}, index=pd.Index([0, 1, 2], name="seed")))
     x = np.array([0.0, 0.052, 0.018])
-    half = 4.303 * x.std(ddof=1) / math.sqrt(3)
+    half = T975[2] * x.std(ddof=1) / math.sqrt(3)
     assert x.mean() - half < 0 and row["ci_lo"] == 0 and row["ci_hi"] == pytest.approx(x.mean() + half, abs=1e-5)
     assert row["method"] == "t 95%, clipped to [0, 1]" and row["verdict"] == "inconclusive"
 
